@@ -1,0 +1,90 @@
+"""One JSON error shape for the whole API:
+
+    {"error": {"code": "validation_error", "message": "...", "fields": {"window.end": ["..."]}}}
+
+``fields`` is present (possibly empty) on every error so clients need not branch.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from config.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
+
+
+def flatten_errors(detail, prefix: str = "") -> dict[str, list[str]]:
+    """Turn DRF's nested error detail into ``{"a.b.0.c": ["message", ...]}``."""
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = "non_field_errors" if key in ("non_field_errors", "__all__") and not prefix else (
+                f"{prefix}.{key}" if prefix else str(key))
+            if key in ("non_field_errors", "__all__") and prefix:
+                name = prefix
+            for k, v in flatten_errors(value, name).items():
+                out.setdefault(k, []).extend(v)
+    elif isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            out.setdefault(prefix or "non_field_errors", []).extend(str(item) for item in detail)
+        else:
+            for index, item in enumerate(detail):
+                if item in ({}, [], None):
+                    continue
+                for k, v in flatten_errors(item, f"{prefix}.{index}" if prefix else str(index)).items():
+                    out.setdefault(k, []).extend(v)
+    else:
+        out.setdefault(prefix or "non_field_errors", []).append(str(detail))
+    return out
+
+
+def error_body(code: str, message: str, fields: dict | None = None, extra: dict | None = None) -> dict:
+    body = {"code": code, "message": message, "fields": fields or {}}
+    if extra:
+        body.update(extra)
+    return {"error": body}
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ApplicationError):
+        return Response(error_body(exc.code, exc.message, exc.fields, exc.extra), status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        fields = flatten_errors(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+        return Response(error_body("validation_error", "Invalid input.", fields), status=400)
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        # Unexpected: log it and let Django's 500 machinery run (tests treat any 500 as a bug).
+        return None
+    if isinstance(exc, drf_exceptions.ValidationError):
+        fields = flatten_errors(exc.detail)
+        message = "Invalid input."
+        if set(fields) == {"non_field_errors"}:
+            message = fields["non_field_errors"][0]
+        response.data = error_body("validation_error", message, fields)
+    elif isinstance(exc, drf_exceptions.ParseError):
+        response.data = error_body("malformed_request", str(exc.detail), {})
+    else:
+        code = getattr(exc, "default_code", "error")
+        detail = exc.detail if isinstance(exc, drf_exceptions.APIException) else str(exc)
+        response.data = error_body(code, str(detail), {})
+    return response
+
+
+def json_404(request, exception=None):
+    return JsonResponse(error_body("not_found", "Not found."), status=404)
+
+
+def json_500(request):
+    return JsonResponse(error_body("server_error", "Internal error; it has been logged."), status=500)

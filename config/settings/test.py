@@ -1,0 +1,16 @@
+"""Tests always use the real PostgreSQL and Redis on this machine (never SQLite, never mocks)."""
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/sanduisan")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+
+from .base import *  # noqa: E402,F401,F403
+from .base import DATABASES  # noqa: E402
+
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise RuntimeError("tests run on PostgreSQL only; set DATABASE_URL to a postgres:// URL")
+
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only; never in prod
+DEBUG = False

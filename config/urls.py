@@ -1,0 +1,29 @@
+from django.contrib import admin
+from django.http import JsonResponse
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from config.api.errors import error_body, json_404
+
+
+def health(request):
+    return JsonResponse({"status": "ok"})
+
+
+api_v1 = [
+    path("", include("marketplace.urls")),
+    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("health", health),
+    path("api/v1/", include(api_v1)),
+    # Unknown API paths answer in the API's error shape, not with an HTML page.
+    re_path(r"^api/", lambda request, *a, **k: json_404(request)),
+]
+
+handler404 = "config.api.errors.json_404"
+handler500 = "config.api.errors.json_500"

@@ -1,0 +1,414 @@
+"""Marketplace data: who trades (organisations, members, API keys), what exists (catalogues),
+what is offered (nodes, listings and their hourly slot calendar) and what is wanted (orders).
+
+Models hold data and database constraints only; behaviour lives in ``services`` and ``selectors``.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+PRICE = {"max_digits": 18, "decimal_places": 6}
+
+
+class Region(models.Model):
+    class Kind(models.TextChoices):
+        COUNTRY = "country"
+        PROVINCE = "province"
+        CITY = "city"
+
+    code = models.CharField(max_length=32, unique=True)
+    name_en = models.CharField(max_length=100)
+    name_zh = models.CharField(max_length=100, blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    hub = models.CharField(max_length=40, blank=True, help_text="东数西算 hub, if any")
+    lat = models.FloatField()
+    lon = models.FloatField()
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.name_en}"
+
+
+class ChipType(models.Model):
+    code = models.SlugField(max_length=60, unique=True)
+    vendor = models.CharField(max_length=60)
+    model = models.CharField(max_length=60)
+    memory_gb = models.PositiveIntegerField(null=True, blank=True, help_text="unknown for some domestic chips")
+    memory_type = models.CharField(max_length=20, blank=True)
+    bf16_tflops = models.PositiveIntegerField(null=True, blank=True)
+    domestic = models.BooleanField(default=False)
+    notes = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["vendor", "model"]
+        constraints = [models.UniqueConstraint(fields=["vendor", "model"], name="chip_vendor_model_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.vendor} {self.model}"
+
+
+class AIModel(models.Model):
+    class Precision(models.TextChoices):
+        FP32 = "fp32"
+        BF16 = "bf16"
+        FP16 = "fp16"
+        FP8 = "fp8"
+        INT8 = "int8"
+        INT4 = "int4"
+
+    name = models.CharField(max_length=100, unique=True)
+    params_billion = models.DecimalField(max_digits=8, decimal_places=2)
+    native_precision = models.CharField(max_length=8, choices=Precision.choices)
+    architecture = models.CharField(max_length=20, blank=True)
+    notes = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "AI model"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Organisation(models.Model):
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=60, unique=True)
+    is_supplier = models.BooleanField(default=False)
+    is_buyer = models.BooleanField(default=False)
+    home_region = models.ForeignKey(Region, null=True, blank=True, on_delete=models.PROTECT,
+                                    help_text="used by the 'own province' region policy")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Role(models.TextChoices):
+    OWNER = "owner"  # everything, including members and API keys
+    OPERATOR = "operator"  # trade: nodes, listings, orders
+    VIEWER = "viewer"  # read only
+
+
+class Membership(models.Model):
+    """A user belongs to one organisation (a platform admin is a staff user, with or without one)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.OPERATOR)
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.organisation} ({self.role})"
+
+
+class ApiKey(models.Model):
+    """A machine client's key. The secret is shown once; only its SHA-256 is stored."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=16, unique=True)
+    hashed_secret = models.CharField(max_length=64)
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.OPERATOR)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… {self.name}"
+
+
+class Interconnect(models.TextChoices):
+    PCIE = "pcie"
+    NVLINK = "nvlink"
+    ROCE = "roce"
+    INFINIBAND = "infiniband"
+
+
+class Node(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        DRAINING = "draining"  # finishes what it sold, takes nothing new
+        OFFLINE = "offline"
+        FAILED = "failed"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="nodes")
+    name = models.CharField(max_length=80)
+    chip = models.ForeignKey(ChipType, on_delete=models.PROTECT)
+    card_count = models.PositiveSmallIntegerField()
+    region = models.ForeignKey(Region, on_delete=models.PROTECT)
+    interconnect = models.CharField(max_length=12, choices=Interconnect.choices)
+    fabric_id = models.CharField(max_length=60, blank=True,
+                                 help_text="nodes of one supplier sharing this id sit on one IB/RoCE fabric")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "name"], name="node_name_unique_per_org"),
+            models.CheckConstraint(condition=Q(card_count__gte=1) & Q(card_count__lte=64), name="node_card_count_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.card_count}x {self.chip})"
+
+
+class Listing(models.Model):
+    """Some or all of a node's cards offered over whole hours at an ask per card-hour.
+
+    With a token endpoint (``token_model`` set) the cards serve that model and are sold per token;
+    their card-hours are then not sold as card-hours.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        WITHDRAWN = "withdrawn"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="listings")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="listings")
+    cards = models.PositiveSmallIntegerField()
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    ask_per_card_hour = models.DecimalField(**PRICE)
+    min_cards = models.PositiveSmallIntegerField(default=1)
+    min_hours = models.PositiveSmallIntegerField(default=1)
+    token_model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.PROTECT)
+    price_input_hit_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    price_input_miss_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(end__gt=F("start")), name="listing_window_positive"),
+            models.CheckConstraint(condition=Q(ask_per_card_hour__gt=0), name="listing_ask_positive"),
+            models.CheckConstraint(condition=Q(cards__gte=1) & Q(min_cards__lte=F("cards")), name="listing_cards_valid"),
+            models.CheckConstraint(
+                condition=Q(token_model__isnull=True) | (
+                    Q(price_input_hit_per_m__gt=0) & Q(price_input_miss_per_m__gt=0) & Q(price_output_per_m__gt=0)),
+                name="listing_token_prices_when_endpoint"),
+        ]
+
+    def __str__(self) -> str:
+        return f"listing {self.pk} on {self.node_id}"
+
+    @property
+    def serves_tokens(self) -> bool:
+        return self.token_model_id is not None
+
+
+class ListingHour(models.Model):
+    """The slot calendar: one row per listed node-hour, holding ``cards_offered`` card-hour slots.
+
+    Database guarantees, whatever the code does:
+    - a node-hour belongs to at most one listing (``unique(node, hour)``), and a listing never
+      offers more cards than the node has (``cards_offered <= node_cards``);
+    - slots are never oversold (``0 <= cards_sold <= cards_offered``).
+    Together: no card-hour of a node is ever sold twice.
+    """
+
+    listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="hours")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+")
+    hour = models.IntegerField(help_text="hours since 1970-01-01T00:00Z")
+    node_cards = models.PositiveSmallIntegerField()
+    cards_offered = models.PositiveSmallIntegerField()
+    cards_sold = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["listing_id", "hour"]
+        constraints = [
+            models.UniqueConstraint(fields=["node", "hour"], name="listinghour_node_hour_unique"),
+            models.CheckConstraint(condition=Q(cards_sold__gte=0) & Q(cards_sold__lte=F("cards_offered")),
+                                   name="listinghour_never_oversold"),
+            models.CheckConstraint(condition=Q(cards_offered__lte=F("node_cards")), name="listinghour_within_node"),
+        ]
+        indexes = [models.Index(fields=["listing", "hour"], name="listinghour_listing_hour")]
+
+
+class RegionPolicy(models.TextChoices):
+    ANYWHERE = "anywhere"
+    REGIONS = "regions"  # a list; a province admits its cities, a country its provinces
+    OWN_PROVINCE = "own_province"  # the buyer organisation's home province
+    WITHIN_KM = "within_km"  # great-circle distance from a point
+
+
+class Order(models.Model):
+    class Kind(models.TextChoices):
+        CARD_HOURS = "card_hours"
+        TOKENS = "tokens"
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        MATCHED = "matched"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+        EXPIRED = "expired"
+        FAILED = "failed"
+
+    class ChipRule(models.TextChoices):
+        CHIPS = "chips"
+        MIN_MEMORY = "min_memory"
+        MODEL = "model"
+
+    class Placement(models.TextChoices):
+        SINGLE_NODE = "single_node"
+        SAME_FABRIC = "same_fabric"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="orders")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+
+    # Card-hours demand.
+    chip_rule = models.CharField(max_length=12, choices=ChipRule.choices, blank=True)
+    min_memory_gb = models.PositiveIntegerField(null=True, blank=True)
+    fit_model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    fit_precision = models.CharField(max_length=8, choices=AIModel.Precision.choices, blank=True)
+    fit_weights_only = models.BooleanField(default=False)
+    cards = models.PositiveSmallIntegerField(null=True, blank=True,
+                                             help_text="with the model rule, the minimum per chip is computed")
+    placement = models.CharField(max_length=12, choices=Placement.choices, blank=True)
+    interconnects = models.JSONField(default=list, blank=True, help_text="acceptable interconnects; empty = any")
+    duration_hours = models.PositiveIntegerField(null=True, blank=True)
+    earliest_start = models.DateTimeField(null=True, blank=True)
+    latest_end = models.DateTimeField(null=True, blank=True)
+    max_price_per_card_hour = models.DecimalField(null=True, blank=True, **PRICE)
+
+    # Tokens demand.
+    token_model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    expected_input_tokens = models.BigIntegerField(null=True, blank=True)
+    expected_output_tokens = models.BigIntegerField(null=True, blank=True)
+    expected_cache_hit_ratio = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    max_price_input_hit_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    max_price_input_miss_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    max_price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+
+    # Where the work may run.
+    region_policy = models.CharField(max_length=14, choices=RegionPolicy.choices, default=RegionPolicy.ANYWHERE)
+    allowed_regions = models.ManyToManyField(Region, blank=True, related_name="+")
+    center_lat = models.FloatField(null=True, blank=True)
+    center_lon = models.FloatField(null=True, blank=True)
+    radius_km = models.PositiveIntegerField(null=True, blank=True)
+
+    # What the matched supplier needs to start the work; nobody else ever sees it.
+    workload_image = models.CharField(max_length=300, blank=True)
+    workload_command = models.TextField(blank=True)
+    ssh_public_key = models.TextField(blank=True)
+
+    status_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "kind"], name="order_status_kind")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="tokens") | (
+                    Q(duration_hours__gte=1) & Q(max_price_per_card_hour__gt=0) & Q(latest_end__gt=F("earliest_start"))),
+                name="order_card_hours_complete"),
+            models.CheckConstraint(
+                condition=Q(kind="card_hours") | (
+                    Q(token_model__isnull=False) & Q(max_price_input_hit_per_m__gt=0)
+                    & Q(max_price_input_miss_per_m__gt=0) & Q(max_price_output_per_m__gt=0)),
+                name="order_tokens_complete"),
+        ]
+
+    def __str__(self) -> str:
+        return f"order {self.pk} ({self.kind}, {self.status})"
+
+
+class OrderChipOption(models.Model):
+    """One acceptable chip for a card-hours order, with the cards the order needs on it."""
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="chip_options")
+    chip = models.ForeignKey(ChipType, on_delete=models.PROTECT)
+    cards = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["order_id", "cards", "chip_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["order", "chip"], name="orderchip_unique"),
+            models.CheckConstraint(condition=Q(cards__gte=1), name="orderchip_cards_positive"),
+        ]
+
+
+class Allocation(models.Model):
+    """Capacity sold to an order: cards on one node, or on several nodes of one fabric, for a
+    contiguous run of hours at one price per card-hour. Created only by ``slots_reserve``."""
+
+    class Status(models.TextChoices):
+        PENDING_REVIEW = "pending_review"
+        CONFIRMED = "confirmed"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        RELEASED = "released"  # cancelled, rejected or re-matched: its slots went back on sale
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="allocations")
+    supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="supplied_allocations")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIRMED)
+    start_hour = models.IntegerField()
+    end_hour = models.IntegerField()
+    cards = models.PositiveSmallIntegerField()
+    price_per_card_hour = models.DecimalField(**PRICE)
+    price_rule = models.CharField(max_length=40, blank=True)
+    round_id = models.CharField(max_length=64, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(end_hour__gt=F("start_hour")), name="allocation_hours_positive"),
+            models.CheckConstraint(condition=Q(price_per_card_hour__gt=0), name="allocation_price_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"allocation {self.pk} for order {self.order_id}"
+
+
+class AllocationPart(models.Model):
+    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="parts")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="allocation_parts")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocation_parts")
+    cards = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["allocation_id", "node_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["allocation", "node"], name="allocationpart_node_unique"),
+            models.CheckConstraint(condition=Q(cards__gte=1), name="allocationpart_cards_positive"),
+        ]
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a create request carrying an ``Idempotency-Key``."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE)
+    key = models.CharField(max_length=200)
+    scope = models.CharField(max_length=60)
+    request_hash = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "scope", "key"], name="idempotency_key_unique"),
+        ]

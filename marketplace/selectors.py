@@ -1,0 +1,255 @@
+"""Marketplace reads. Every queryset is scoped to the caller's organisation; a lookup outside it
+raises ``NotFound`` (the API answers 404, never 403, for another organisation's objects)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from config.errors import NotFound
+from matching.engine.calendar import earliest_run
+from matching.engine.geo import region_allows
+
+from .demand import (CardHoursDemand, TokensDemand, region_info, region_rule, resolve_card_hours,
+                     resolve_tokens)
+from .hours import current_hour_index, hour_index, hour_start
+from .models import Allocation, ApiKey, Listing, ListingHour, Node, Order, Organisation, Region
+
+MILLION = Decimal(1_000_000)
+
+
+def api_key_list(*, organisation: Organisation) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(organisation=organisation)
+
+
+def node_list(*, organisation: Organisation) -> QuerySet[Node]:
+    return Node.objects.filter(organisation=organisation).select_related("chip", "region")
+
+
+def node_get(*, organisation: Organisation, node_id: int) -> Node:
+    return _get(node_list(organisation=organisation), node_id, "node")
+
+
+def listing_list(*, organisation: Organisation) -> QuerySet[Listing]:
+    return Listing.objects.filter(organisation=organisation).select_related("node", "node__chip", "token_model")
+
+
+def listing_get(*, organisation: Organisation, listing_id: int) -> Listing:
+    return _get(listing_list(organisation=organisation), listing_id, "listing")
+
+
+def order_list(*, organisation: Organisation) -> QuerySet[Order]:
+    return (Order.objects.filter(organisation=organisation)
+            .select_related("fit_model", "token_model")
+            .prefetch_related("chip_options__chip", "allowed_regions"))
+
+
+def order_get(*, organisation: Organisation, order_id: int) -> Order:
+    return _get(order_list(organisation=organisation), order_id, "order")
+
+
+def allocation_list(*, organisation: Organisation) -> QuerySet[Allocation]:
+    """Allocations the organisation bought or supplies."""
+    return (Allocation.objects.filter(Q(order__organisation=organisation) | Q(supplier=organisation))
+            .select_related("order", "supplier").prefetch_related("parts__node"))
+
+
+def allocation_get(*, organisation: Organisation, allocation_id: int) -> Allocation:
+    return _get(allocation_list(organisation=organisation), allocation_id, "allocation")
+
+
+def listing_sold_card_hours(*, listing: Listing) -> dict[str, int]:
+    rows = ListingHour.objects.filter(listing=listing).values_list("cards_offered", "cards_sold")
+    offered = sold = 0
+    for o, s in rows:
+        offered += o
+        sold += s
+    return {"offered": offered, "sold": sold}
+
+
+def _get(queryset: QuerySet, pk: int, noun: str):
+    obj = queryset.filter(pk=pk).first()
+    if obj is None:
+        raise NotFound(f"No such {noun}.")
+    return obj
+
+
+# --- quotes ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Offer:
+    chip: str
+    region: str
+    ask: Decimal
+    cards: int
+    start_hour: int
+    nodes: int
+
+
+def _regions() -> dict[int, Region]:
+    return {r.pk: r for r in Region.objects.all()}
+
+
+def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> dict:
+    """What the market offers for this demand right now, without creating anything.
+
+    An offer is one placement that meets every hard constraint (chip fit with that chip's card
+    count, interconnect, region, a contiguous run of free slots in the window, the listing's
+    minimum rental). It is *feasible* when its ask is also within the buyer's limit.
+    """
+    resolved = resolve_card_hours(demand, organisation=organisation)
+    by_id = _regions()
+    home = by_id.get(organisation.home_region_id) if organisation.home_region_id else None
+    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in resolved.regions],
+                       home_region=home, by_id=by_id, lat=demand.region.lat, lon=demand.region.lon,
+                       radius_km=demand.region.radius_km)
+    cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
+    first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
+    last = hour_index(demand.latest_end)
+    duration = demand.duration_hours
+
+    listings = list(Listing.objects.filter(
+        status=Listing.Status.ACTIVE, token_model__isnull=True, node__status=Node.Status.ACTIVE,
+        node__chip_id__in=cards_for_chip.keys(), min_hours__lte=duration,
+        start__lt=hour_start(last), end__gt=hour_start(first),
+    ).select_related("node", "node__chip"))
+    if demand.interconnects:
+        listings = [l for l in listings if l.node.interconnect in demand.interconnects]
+    listings = [l for l in listings if region_allows(rule, region_info(by_id[l.node.region_id], by_id))]
+
+    free: dict[int, dict[int, int]] = defaultdict(dict)
+    for listing_id, hour, offered, sold in ListingHour.objects.filter(
+            listing_id__in=[l.pk for l in listings], hour__gte=first, hour__lt=last
+    ).values_list("listing_id", "hour", "cards_offered", "cards_sold"):
+        free[listing_id][hour] = offered - sold
+
+    def free_series(listing: Listing) -> list[int]:
+        hours = free.get(listing.pk, {})
+        return [hours.get(h, 0) for h in range(first, last)]
+
+    offers: list[_Offer] = []
+    if demand.placement == "single_node":
+        for listing in listings:
+            need = cards_for_chip[listing.node.chip_id]
+            if need < listing.min_cards:
+                continue
+            start = earliest_run(free_series(listing), duration, need)
+            if start is not None:
+                offers.append(_Offer(listing.node.chip.code, by_id[listing.node.region_id].code,
+                                     listing.ask_per_card_hour, need, first + start, 1))
+    else:
+        groups: dict[tuple, list[Listing]] = defaultdict(list)
+        for listing in listings:
+            if listing.node.fabric_id:
+                groups[(listing.organisation_id, listing.node.fabric_id, listing.node.chip_id)].append(listing)
+        for (_, _, chip_id), members in groups.items():
+            offer = _fabric_offer(members, cards_for_chip[chip_id], duration, free_series, first, by_id)
+            if offer is not None:
+                offers.append(offer)
+
+    limit = demand.max_price_per_card_hour
+    feasible = [o for o in offers if o.ask <= limit]
+    best = min(feasible or offers, key=lambda o: (o.ask, o.start_hour), default=None)
+    return {
+        "kind": "card_hours",
+        "offers": len(offers),
+        "feasible_offers": len(feasible),
+        "best_price": best.ask if best else None,
+        "best_offer": None if best is None else {
+            "chip": best.chip, "region": best.region, "ask_per_card_hour": best.ask, "cards": best.cards,
+            "start": hour_start(best.start_hour), "nodes": best.nodes,
+            "estimated_cost": best.ask * best.cards * duration, "within_limit": best.ask <= limit,
+        },
+        "chip_options": [{"chip": o.chip.code, "cards": o.cards} for o in resolved.options],
+        "memory_needed_gb": resolved.needed_gb,
+        "depth": _depth(offers, lambda o: o.ask, lambda o: o.cards * duration, "card_hours"),
+    }
+
+
+def _fabric_offer(members: list[Listing], need: int, duration: int, free_series, first: int,
+                  by_id: dict[int, Region]) -> _Offer | None:
+    """Cheapest-first fill of one fabric: add nodes until their common free cards cover ``need``."""
+    members = sorted(members, key=lambda l: (l.ask_per_card_hour, l.pk))
+    series = [free_series(l) for l in members]
+    length = len(series[0]) if series else 0
+    for start in range(0, max(0, length - duration + 1)):
+        remaining, used, ask = need, 0, Decimal(0)
+        for listing, s in zip(members, series):
+            window_free = min(s[start:start + duration])
+            take = min(window_free, remaining)
+            if take >= max(1, listing.min_cards):
+                remaining -= take
+                used += 1
+                ask = max(ask, listing.ask_per_card_hour)
+            if remaining == 0:
+                lead = members[0]
+                return _Offer(lead.node.chip.code, by_id[lead.node.region_id].code, ask, need, first + start, used)
+    return None
+
+
+def _depth(offers, price_of, quantity_of, unit: str) -> list[dict]:
+    """Price depth per (chip, region): how much is offered at each price level, cheapest first."""
+    buckets: dict[tuple[str, str], dict[Decimal, int]] = defaultdict(lambda: defaultdict(int))
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for o in offers:
+        buckets[(o.chip, o.region)][price_of(o)] += quantity_of(o)
+        counts[(o.chip, o.region)] += 1
+    out = []
+    for (chip, region), levels in sorted(buckets.items(), key=lambda kv: (min(kv[1]), kv[0])):
+        out.append({
+            "chip": chip, "region": region, "offers": counts[(chip, region)], "best_price": min(levels),
+            "levels": [{"price": p, unit: q} for p, q in sorted(levels.items())],
+        })
+    return out
+
+
+@dataclass
+class _TokenOffer:
+    chip: str
+    region: str
+    listing_id: int
+    price_input_hit_per_m: Decimal
+    price_input_miss_per_m: Decimal
+    price_output_per_m: Decimal
+    expected_cost: Decimal
+
+
+def quote_tokens(*, organisation: Organisation, demand: TokensDemand) -> dict:
+    model, regions = resolve_tokens(demand, organisation=organisation)
+    by_id = _regions()
+    home = by_id.get(organisation.home_region_id) if organisation.home_region_id else None
+    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in regions], home_region=home,
+                       by_id=by_id, lat=demand.region.lat, lon=demand.region.lon, radius_km=demand.region.radius_km)
+    now = timezone.now()
+    hit = Decimal(demand.expected_input_tokens) * demand.expected_cache_hit_ratio
+    miss = Decimal(demand.expected_input_tokens) - hit
+    out_tokens = Decimal(demand.expected_output_tokens)
+    offers = []
+    for listing in Listing.objects.filter(status=Listing.Status.ACTIVE, token_model=model,
+                                          node__status=Node.Status.ACTIVE, end__gt=now).select_related("node__chip"):
+        if not region_allows(rule, region_info(by_id[listing.node.region_id], by_id)):
+            continue
+        cost = (hit * listing.price_input_hit_per_m + miss * listing.price_input_miss_per_m
+                + out_tokens * listing.price_output_per_m) / MILLION
+        offers.append(_TokenOffer(listing.node.chip.code, by_id[listing.node.region_id].code, listing.pk,
+                                  listing.price_input_hit_per_m, listing.price_input_miss_per_m,
+                                  listing.price_output_per_m, cost))
+    feasible = [o for o in offers if o.price_input_hit_per_m <= demand.max_price_input_hit_per_m
+                and o.price_input_miss_per_m <= demand.max_price_input_miss_per_m
+                and o.price_output_per_m <= demand.max_price_output_per_m]
+    best = min(feasible or offers, key=lambda o: (o.expected_cost, o.listing_id), default=None)
+    return {
+        "kind": "tokens",
+        "offers": len(offers),
+        "feasible_offers": len(feasible),
+        "best_price": None if best is None else {
+            "input_hit_per_m": best.price_input_hit_per_m, "input_miss_per_m": best.price_input_miss_per_m,
+            "output_per_m": best.price_output_per_m},
+        "best_offer": None if best is None else {
+            "chip": best.chip, "region": best.region, "estimated_cost": best.expected_cost.quantize(Decimal("0.000001")),
+            "within_limit": best in feasible},
+        "depth": _depth(offers, lambda o: o.price_output_per_m, lambda o: 1, "endpoints"),
+    }

@@ -1,0 +1,441 @@
+"""Marketplace writes. Every state change goes through a function here.
+
+Lock order, everywhere (so concurrent services never deadlock):
+    node -> listing -> order -> allocation -> listing-hour rows ordered by (listing_id, hour).
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from config.errors import CapacityUnavailable, Conflict, InvalidTransition, NotFound, ValidationFailed
+
+from .authentication import KEY_SCHEME, hash_key
+from .demand import (CardHoursDemand, TokensDemand, region_info, region_rule, resolve_card_hours,
+                     resolve_tokens)
+from .hours import current_hour_index, hour_index, is_whole_hour
+from matching.engine.geo import region_allows
+
+from .models import (AIModel, Allocation, AllocationPart, ApiKey, ChipType, Interconnect, Listing,
+                     ListingHour, Membership, Node, Order, OrderChipOption, Organisation, Region, Role)
+
+MAX_LISTING_HOURS = 24 * 90
+MAX_PRICE_PER_CARD_HOUR = Decimal("100000")
+MAX_PRICE_PER_MILLION = Decimal("100000")
+
+
+# --- organisations, members, keys ---------------------------------------------------------------
+
+def organisation_create(*, name: str, slug: str, is_supplier: bool = False, is_buyer: bool = False,
+                        home_region_code: str | None = None) -> Organisation:
+    home = None
+    if home_region_code:
+        home = Region.objects.filter(code=home_region_code).first()
+        if home is None:
+            raise ValidationFailed.on("home_region", f"Unknown region {home_region_code!r}.")
+    return Organisation.objects.create(name=name, slug=slug, is_supplier=is_supplier, is_buyer=is_buyer,
+                                       home_region=home)
+
+
+def member_create(*, organisation: Organisation, username: str, password: str, role: str = Role.OPERATOR,
+                  email: str = ""):
+    user = get_user_model().objects.create_user(username=username, password=password, email=email)
+    Membership.objects.create(user=user, organisation=organisation, role=role)
+    return user
+
+
+def api_key_create(*, organisation: Organisation, name: str, role: str = Role.OPERATOR,
+                   created_by_id: int | None = None) -> tuple[ApiKey, str]:
+    """Create a key; returns it with the plaintext, which is never stored and cannot be shown again."""
+    if role not in Role.values:
+        raise ValidationFailed.on("role", f"Unknown role {role!r}.")
+    prefix = secrets.token_hex(6)
+    plaintext = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32).replace('_', 'x')}"
+    key = ApiKey.objects.create(organisation=organisation, name=name, prefix=prefix, role=role,
+                                hashed_secret=hash_key(plaintext), created_by_id=created_by_id)
+    return key, plaintext
+
+
+def api_key_revoke(*, organisation: Organisation, key_id: int) -> ApiKey:
+    key = ApiKey.objects.filter(organisation=organisation, pk=key_id).first()
+    if key is None:
+        raise NotFound("No such API key.")
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
+# --- supply ---------------------------------------------------------------------------------------
+
+def node_create(*, organisation: Organisation, name: str, chip_code: str, card_count: int, region_code: str,
+                interconnect: str, fabric_id: str = "") -> Node:
+    chip = ChipType.objects.filter(code=chip_code).first()
+    if chip is None:
+        raise ValidationFailed.on("chip", f"Unknown chip type {chip_code!r}.")
+    region = Region.objects.filter(code=region_code).first()
+    if region is None:
+        raise ValidationFailed.on("region", f"Unknown region {region_code!r}.")
+    if interconnect not in Interconnect.values:
+        raise ValidationFailed.on("interconnect", f"Unknown interconnect {interconnect!r}.")
+    if fabric_id and interconnect not in (Interconnect.INFINIBAND, Interconnect.ROCE):
+        raise ValidationFailed.on("fabric_id", "Only InfiniBand or RoCE nodes join a fabric.")
+    try:
+        with transaction.atomic():
+            return Node.objects.create(organisation=organisation, name=name, chip=chip, card_count=card_count,
+                                       region=region, interconnect=interconnect, fabric_id=fabric_id)
+    except IntegrityError:
+        raise ValidationFailed.on("name", f"You already have a node named {name!r}.")
+
+
+NODE_TRANSITIONS = {
+    Node.Status.ACTIVE: {Node.Status.DRAINING, Node.Status.OFFLINE, Node.Status.FAILED},
+    Node.Status.DRAINING: {Node.Status.ACTIVE, Node.Status.OFFLINE, Node.Status.FAILED},
+    Node.Status.OFFLINE: {Node.Status.ACTIVE, Node.Status.FAILED},
+    Node.Status.FAILED: {Node.Status.ACTIVE, Node.Status.OFFLINE},
+}
+
+
+def node_update(*, organisation: Organisation, node_id: int, name: str | None = None,
+                status: str | None = None) -> Node:
+    """Rename a node or move it between statuses. A node that is not active sells nothing new."""
+    with transaction.atomic():
+        node = Node.objects.select_for_update().filter(organisation=organisation, pk=node_id).first()
+        if node is None:
+            raise NotFound("No such node.")
+        fields = []
+        if name is not None and name != node.name:
+            if Node.objects.filter(organisation=organisation, name=name).exclude(pk=node.pk).exists():
+                raise ValidationFailed.on("name", f"You already have a node named {name!r}.")
+            node.name = name
+            fields.append("name")
+        if status is not None and status != node.status:
+            if status not in NODE_TRANSITIONS.get(node.status, set()):
+                raise InvalidTransition(f"A node cannot go from {node.status} to {status}.",
+                                        fields={"status": [f"Not allowed from {node.status}."]})
+            node.status = status
+            fields.append("status")
+        if fields:
+            node.save(update_fields=[*fields, "updated_at"])
+        return node
+
+
+@dataclass(frozen=True)
+class TokenEndpoint:
+    model: str
+    price_input_hit_per_m: Decimal
+    price_input_miss_per_m: Decimal
+    price_output_per_m: Decimal
+
+
+def listing_create(*, organisation: Organisation, node_id: int, cards: int, start, end,
+                   ask_per_card_hour: Decimal, min_cards: int = 1, min_hours: int = 1,
+                   token_endpoint: TokenEndpoint | None = None) -> Listing:
+    """Offer a node's cards for whole hours ``[start, end)``.
+
+    Locks the node row, so listings of one node are created one at a time; a node-hour already
+    listed answers 409. ``unique(node, hour)`` on the calendar is the database backstop.
+    """
+    for name, moment in (("start", start), ("end", end)):
+        if not is_whole_hour(moment):
+            raise ValidationFailed.on(name, "Must fall on a whole hour (minutes and seconds zero).")
+    if end <= start:
+        raise ValidationFailed.on("end", "Must be after start.")
+    first, last = hour_index(start), hour_index(end)
+    if last - first > MAX_LISTING_HOURS:
+        raise ValidationFailed.on("end", "A listing may span at most 90 days; list again later.")
+    if end <= timezone.now():
+        raise ValidationFailed.on("end", "Must be in the future.")
+    if min_cards > cards:
+        raise ValidationFailed.on("min_cards", "Cannot exceed the cards offered.")
+    if min_hours > last - first:
+        raise ValidationFailed.on("min_hours", "Cannot exceed the listing's length in hours.")
+    token_model = None
+    if token_endpoint is not None:
+        token_model = AIModel.objects.filter(name=token_endpoint.model).first()
+        if token_model is None:
+            raise ValidationFailed.on("token_endpoint.model", f"Unknown model {token_endpoint.model!r}.")
+
+    with transaction.atomic():
+        node = Node.objects.select_for_update().filter(organisation=organisation, pk=node_id).first()
+        if node is None:
+            raise ValidationFailed.on("node", "No such node among yours.")
+        if node.status != Node.Status.ACTIVE:
+            raise ValidationFailed.on("node", f"The node is {node.status}; only active nodes can be listed.")
+        if cards > node.card_count:
+            raise ValidationFailed.on("cards", f"The node has only {node.card_count} cards.")
+        taken = list(ListingHour.objects.filter(node=node, hour__gte=first, hour__lt=last)
+                     .order_by("hour").values_list("hour", flat=True)[:1])
+        if taken:
+            from .hours import hour_start
+            raise Conflict(f"This node is already listed for the hour starting {hour_start(taken[0]).isoformat()}; "
+                           "change or withdraw that listing first.", fields={"start": ["Overlaps another listing."]},
+                           code="listing_overlap")
+        listing = Listing.objects.create(
+            organisation=organisation, node=node, cards=cards, start=start, end=end,
+            ask_per_card_hour=ask_per_card_hour, min_cards=min_cards, min_hours=min_hours, token_model=token_model,
+            price_input_hit_per_m=token_endpoint.price_input_hit_per_m if token_endpoint else None,
+            price_input_miss_per_m=token_endpoint.price_input_miss_per_m if token_endpoint else None,
+            price_output_per_m=token_endpoint.price_output_per_m if token_endpoint else None,
+        )
+        ListingHour.objects.bulk_create([
+            ListingHour(listing=listing, node=node, hour=h, node_cards=node.card_count, cards_offered=cards)
+            for h in range(first, last)
+        ], batch_size=2000)
+        return listing
+
+
+def listing_update(*, organisation: Organisation, listing_id: int, ask_per_card_hour: Decimal | None = None,
+                   min_cards: int | None = None, min_hours: int | None = None) -> Listing:
+    """Change terms for future sales; capacity already sold keeps its price."""
+    with transaction.atomic():
+        listing = Listing.objects.select_for_update().filter(organisation=organisation, pk=listing_id).first()
+        if listing is None:
+            raise NotFound("No such listing.")
+        if listing.status != Listing.Status.ACTIVE:
+            raise InvalidTransition("A withdrawn listing cannot be changed.")
+        if ask_per_card_hour is not None:
+            listing.ask_per_card_hour = ask_per_card_hour
+        if min_cards is not None:
+            if min_cards > listing.cards:
+                raise ValidationFailed.on("min_cards", "Cannot exceed the cards offered.")
+            listing.min_cards = min_cards
+        if min_hours is not None:
+            listing.min_hours = min_hours
+        listing.save()
+        return listing
+
+
+def listing_withdraw(*, organisation: Organisation, listing_id: int) -> Listing:
+    """Take unsold future slots off the market. Sold slots stay sold; their hours stay with this
+    listing, and every unsold future node-hour becomes free to list again."""
+    with transaction.atomic():
+        listing = Listing.objects.select_for_update().filter(organisation=organisation, pk=listing_id).first()
+        if listing is None:
+            raise NotFound("No such listing.")
+        if listing.status == Listing.Status.WITHDRAWN:
+            return listing
+        now_hour = current_hour_index(timezone.now())
+        future = (ListingHour.objects.select_for_update().filter(listing=listing, hour__gte=now_hour)
+                  .order_by("hour"))
+        list(future.values_list("pk", flat=True))  # take the row locks in hour order
+        future.filter(cards_sold=0).delete()
+        future.filter(cards_sold__gt=0).update(cards_offered=F("cards_sold"))
+        listing.status = Listing.Status.WITHDRAWN
+        listing.save(update_fields=["status", "updated_at"])
+        return listing
+
+
+# --- demand ---------------------------------------------------------------------------------------
+
+def _check_price(value: Decimal | None, field: str, cap: Decimal) -> None:
+    if value is not None and not (Decimal(0) < value <= cap):
+        raise ValidationFailed.on(field, f"Must be more than 0 and at most {cap}.")
+
+
+def order_create_card_hours(*, organisation: Organisation, demand: CardHoursDemand, workload: dict | None = None) -> Order:
+    _check_price(demand.max_price_per_card_hour, "max_price_per_card_hour", MAX_PRICE_PER_CARD_HOUR)
+    resolved = resolve_card_hours(demand, organisation=organisation)
+    with transaction.atomic():
+        order = Order.objects.create(
+            organisation=organisation, kind=Order.Kind.CARD_HOURS, chip_rule=resolved.chip_rule,
+            min_memory_gb=demand.min_memory_gb, fit_model=resolved.fit_model, fit_precision=resolved.fit_precision,
+            fit_weights_only=demand.weights_only, cards=demand.cards, placement=demand.placement,
+            interconnects=sorted(set(demand.interconnects)), duration_hours=demand.duration_hours,
+            earliest_start=demand.earliest_start, latest_end=demand.latest_end,
+            max_price_per_card_hour=demand.max_price_per_card_hour,
+            region_policy=demand.region.policy, center_lat=demand.region.lat, center_lon=demand.region.lon,
+            radius_km=demand.region.radius_km, **(workload or {}),
+        )
+        OrderChipOption.objects.bulk_create([OrderChipOption(order=order, chip=o.chip, cards=o.cards)
+                                             for o in resolved.options])
+        if resolved.regions:
+            order.allowed_regions.set(resolved.regions)
+        return order
+
+
+def order_create_tokens(*, organisation: Organisation, demand: TokensDemand, workload: dict | None = None) -> Order:
+    for name in ("max_price_input_hit_per_m", "max_price_input_miss_per_m", "max_price_output_per_m"):
+        _check_price(getattr(demand, name), name, MAX_PRICE_PER_MILLION)
+    model, regions = resolve_tokens(demand, organisation=organisation)
+    with transaction.atomic():
+        order = Order.objects.create(
+            organisation=organisation, kind=Order.Kind.TOKENS, token_model=model,
+            expected_input_tokens=demand.expected_input_tokens, expected_output_tokens=demand.expected_output_tokens,
+            expected_cache_hit_ratio=demand.expected_cache_hit_ratio,
+            max_price_input_hit_per_m=demand.max_price_input_hit_per_m,
+            max_price_input_miss_per_m=demand.max_price_input_miss_per_m,
+            max_price_output_per_m=demand.max_price_output_per_m,
+            region_policy=demand.region.policy, center_lat=demand.region.lat, center_lon=demand.region.lon,
+            radius_km=demand.region.radius_km, **(workload or {}),
+        )
+        if regions:
+            order.allowed_regions.set(regions)
+        return order
+
+
+CANCELLABLE = {Order.Status.OPEN, Order.Status.MATCHED}
+
+
+def order_cancel(*, organisation: Organisation, order_id: int, reason: str = "") -> Order:
+    """Cancel an open or matched order and put every slot it held back on sale."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().filter(organisation=organisation, pk=order_id).first()
+        if order is None:
+            raise NotFound("No such order.")
+        if order.status == Order.Status.CANCELLED:
+            return order
+        if order.status not in CANCELLABLE:
+            raise InvalidTransition(f"An order that is {order.status} cannot be cancelled.",
+                                    fields={"status": [f"Cannot cancel from {order.status}."]})
+        for allocation_id in (order.allocations.exclude(status=Allocation.Status.RELEASED)
+                              .order_by("pk").values_list("pk", flat=True)):
+            _allocation_release_locked(allocation_id=allocation_id)
+        order.status = Order.Status.CANCELLED
+        order.status_reason = reason[:300] or "cancelled by the buyer"
+        order.save(update_fields=["status", "status_reason", "updated_at"])
+        return order
+
+
+# --- slots ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlotClaim:
+    listing_id: int
+    cards: int
+
+
+def slots_reserve(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int, end_hour: int,
+                  price_per_card_hour: Decimal, price_rule: str = "ask", round_id: str = "",
+                  status: str = Allocation.Status.CONFIRMED) -> Allocation:
+    """Sell card-hour slots ``[start_hour, end_hour)`` on the claimed listings to one open order,
+    all or nothing, and mark the order matched.
+
+    Opens its own atomic block (a savepoint inside a caller's). Locks the order row, then the
+    listing-hour rows ordered by (listing_id, hour). Re-checks every hard constraint of the order
+    against what it locked and raises ``CapacityUnavailable`` or ``ValidationFailed`` otherwise.
+    The ``listinghour_never_oversold`` CHECK constraint is the backstop should any path skip this.
+    """
+    if not claims:
+        raise ValidationFailed.on("claims", "Claim at least one listing.")
+    listing_ids = sorted({c.listing_id for c in claims})
+    if len(listing_ids) != len(claims):
+        raise ValidationFailed.on("claims", "Claim each listing once.")
+    if end_hour <= start_hour:
+        raise ValidationFailed.on("end_hour", "Must be after start_hour.")
+    hours = end_hour - start_hour
+    cards_by_listing = {c.listing_id: c.cards for c in claims}
+
+    with transaction.atomic():
+        order = Order.objects.select_for_update().filter(pk=order_id).first()
+        if order is None:
+            raise NotFound("No such order.")
+        if order.status != Order.Status.OPEN or order.kind != Order.Kind.CARD_HOURS:
+            raise InvalidTransition(f"Order {order.pk} is {order.status}; only open card-hour orders can be matched.")
+        rows = list(ListingHour.objects.select_for_update()
+                    .filter(listing_id__in=listing_ids, hour__gte=start_hour, hour__lt=end_hour)
+                    .order_by("listing_id", "hour").values("listing_id", "hour", "cards_offered", "cards_sold"))
+        listings = {l.pk: l for l in Listing.objects.select_related("node", "node__region").filter(pk__in=listing_ids)}
+        _check_claim(order=order, listings=listings, cards_by_listing=cards_by_listing, start_hour=start_hour,
+                     hours=hours, price=price_per_card_hour)
+        free: dict[int, int] = {}
+        seen: dict[int, int] = {}
+        for row in rows:
+            seen[row["listing_id"]] = seen.get(row["listing_id"], 0) + 1
+            free[row["listing_id"]] = min(free.get(row["listing_id"], 1 << 30), row["cards_offered"] - row["cards_sold"])
+        for listing_id in listing_ids:
+            if seen.get(listing_id, 0) != hours or free.get(listing_id, 0) < cards_by_listing[listing_id]:
+                raise CapacityUnavailable(f"Listing {listing_id} no longer has {cards_by_listing[listing_id]} free "
+                                          f"cards for every hour of the claim.")
+        for listing_id in listing_ids:
+            ListingHour.objects.filter(listing_id=listing_id, hour__gte=start_hour, hour__lt=end_hour).update(
+                cards_sold=F("cards_sold") + cards_by_listing[listing_id])
+        first = listings[listing_ids[0]]
+        allocation = Allocation.objects.create(
+            order=order, supplier_id=first.organisation_id, status=status, start_hour=start_hour, end_hour=end_hour,
+            cards=sum(cards_by_listing.values()), price_per_card_hour=price_per_card_hour, price_rule=price_rule,
+            round_id=round_id)
+        AllocationPart.objects.bulk_create([
+            AllocationPart(allocation=allocation, listing_id=lid, node_id=listings[lid].node_id,
+                           cards=cards_by_listing[lid]) for lid in listing_ids])
+        order.status = Order.Status.MATCHED
+        order.save(update_fields=["status", "updated_at"])
+        return allocation
+
+
+def _check_claim(*, order: Order, listings: dict[int, Listing], cards_by_listing: dict[int, int], start_hour: int,
+                 hours: int, price: Decimal) -> None:
+    """Every hard constraint of the order, checked against the listings being sold."""
+    if len(listings) != len(cards_by_listing):
+        raise CapacityUnavailable("A claimed listing does not exist.")
+    chosen = list(listings.values())
+    chips = {l.node.chip_id for l in chosen}
+    suppliers = {l.organisation_id for l in chosen}
+    if len(chips) != 1 or len(suppliers) != 1:
+        raise ValidationFailed.on("claims", "One allocation uses one chip type from one supplier.")
+    if len(chosen) > 1:
+        fabrics = {l.node.fabric_id for l in chosen}
+        if order.placement != Order.Placement.SAME_FABRIC or len(fabrics) != 1 or "" in fabrics:
+            raise ValidationFailed.on("claims", "Several nodes can only serve a same-fabric order on one fabric.")
+    option = order.chip_options.filter(chip_id=chips.pop()).first()
+    if option is None:
+        raise ValidationFailed.on("claims", "The order does not accept this chip.")
+    if sum(cards_by_listing.values()) != option.cards:
+        raise ValidationFailed.on("claims", f"The order needs exactly {option.cards} cards on this chip.")
+    if hours != order.duration_hours:
+        raise ValidationFailed.on("claims", f"The order needs {order.duration_hours} contiguous hours.")
+    if start_hour < hour_index(order.earliest_start) or start_hour + hours > hour_index(order.latest_end):
+        raise ValidationFailed.on("claims", "The hours fall outside the order's window.")
+    if price > order.max_price_per_card_hour:
+        raise ValidationFailed.on("claims", "The price is above the buyer's limit.")
+    by_id = {r.pk: r for r in Region.objects.all()}
+    home = by_id.get(order.organisation.home_region_id) if order.organisation.home_region_id else None
+    rule = region_rule(policy=order.region_policy, allowed_codes=[r.code for r in order.allowed_regions.all()],
+                       home_region=home, by_id=by_id, lat=order.center_lat, lon=order.center_lon,
+                       radius_km=order.radius_km)
+    for listing in chosen:
+        if listing.status != Listing.Status.ACTIVE or listing.serves_tokens:
+            raise CapacityUnavailable(f"Listing {listing.pk} is not selling card-hours.")
+        if listing.node.status != Node.Status.ACTIVE:
+            raise CapacityUnavailable(f"Node {listing.node_id} is {listing.node.status}.")
+        if price < listing.ask_per_card_hour:
+            raise ValidationFailed.on("claims", "The price is below the supplier's ask.")
+        if cards_by_listing[listing.pk] < listing.min_cards or hours < listing.min_hours:
+            raise ValidationFailed.on("claims", f"Listing {listing.pk}'s minimum rental is not met.")
+        if order.interconnects and listing.node.interconnect not in order.interconnects:
+            raise ValidationFailed.on("claims", "The node's interconnect is not acceptable to the buyer.")
+        if not region_allows(rule, region_info(by_id[listing.node.region_id], by_id)):
+            raise ValidationFailed.on("claims", "The node is outside the buyer's allowed regions.")
+
+
+def slots_release(*, allocation_id: int, from_hour: int | None = None) -> Allocation:
+    """Put an allocation's unused slots back on sale (from ``from_hour`` on, default: all)."""
+    with transaction.atomic():
+        return _allocation_release_locked(allocation_id=allocation_id, from_hour=from_hour)
+
+
+def _allocation_release_locked(*, allocation_id: int, from_hour: int | None = None) -> Allocation:
+    """Call inside atomic, after locking the allocation's order. Locks listing-hour rows in
+    (listing_id, hour) order."""
+    allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
+    if allocation.status == Allocation.Status.RELEASED:
+        return allocation
+    start = max(allocation.start_hour, from_hour if from_hour is not None else allocation.start_hour)
+    parts = list(allocation.parts.order_by("listing_id"))
+    if start < allocation.end_hour:
+        list(ListingHour.objects.select_for_update()
+             .filter(listing_id__in=[p.listing_id for p in parts], hour__gte=start, hour__lt=allocation.end_hour)
+             .order_by("listing_id", "hour").values_list("pk", flat=True))
+        for part in parts:
+            ListingHour.objects.filter(listing_id=part.listing_id, hour__gte=start,
+                                       hour__lt=allocation.end_hour).update(cards_sold=F("cards_sold") - part.cards)
+    allocation.status = Allocation.Status.RELEASED
+    allocation.save(update_fields=["status", "updated_at"])
+    return allocation

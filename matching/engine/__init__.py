@@ -1,0 +1,1 @@
+"""The matching engine: pure Python (dataclasses, numpy), no Django imports."""
