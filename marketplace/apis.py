@@ -92,10 +92,10 @@ class ModelFitInput(serializers.Serializer):
 class CardHoursInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=[Order.Kind.CARD_HOURS])
     chips = serializers.ListField(child=serializers.CharField(max_length=60), required=False, max_length=50,
-                                  allow_empty=False)
-    min_memory_gb = serializers.IntegerField(required=False, min_value=1, max_value=4096)
-    model_fit = ModelFitInput(required=False)
-    cards = serializers.IntegerField(required=False, min_value=1, max_value=MAX_CARDS_PER_ORDER)
+                                  allow_empty=False, allow_null=True)
+    min_memory_gb = serializers.IntegerField(required=False, min_value=1, max_value=4096, allow_null=True)
+    model_fit = ModelFitInput(required=False, allow_null=True)
+    cards = serializers.IntegerField(required=False, min_value=1, max_value=MAX_CARDS_PER_ORDER, allow_null=True)
     placement = serializers.ChoiceField(choices=Order.Placement.choices, default=Order.Placement.SINGLE_NODE)
     interconnects = serializers.ListField(child=serializers.ChoiceField(choices=Interconnect.choices),
                                           required=False, default=list, max_length=4)

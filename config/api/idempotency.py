@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from django.db import IntegrityError, transaction
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 
 from config.errors import Conflict, ValidationFailed
 from marketplace.models import IdempotencyRecord, Organisation
@@ -22,7 +23,7 @@ HEADER = "Idempotency-Key"
 
 
 def _request_hash(data) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), cls=JSONEncoder)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -50,7 +51,8 @@ def idempotent(request, *, organisation: Organisation, scope: str, handler: Call
             response = handler()
             IdempotencyRecord.objects.create(organisation=organisation, scope=scope, key=key,
                                              request_hash=request_hash, response_status=response.status_code,
-                                             response_body=json.loads(json.dumps(response.data, default=str)))
+                                             # Stored exactly as the renderer encodes it, so a replay is byte-for-byte the same JSON.
+                                             response_body=json.loads(json.dumps(response.data, cls=JSONEncoder)))
             return response
     except IntegrityError:
         existing = IdempotencyRecord.objects.filter(organisation=organisation, scope=scope, key=key).first()

@@ -1,0 +1,46 @@
+"""factory_boy factories. Capacity (listings and their slot calendar) is always created through
+``listing_create`` so tests exercise the same path as the API."""
+from datetime import timedelta
+from decimal import Decimal
+
+import factory
+from django.utils import timezone
+
+from marketplace import services
+from marketplace.models import ChipType, Node, Organisation, Region
+
+
+def next_hour(hours_ahead: int = 1):
+    return timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=hours_ahead)
+
+
+class OrganisationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Organisation
+
+    name = factory.Sequence(lambda n: f"Org {n}")
+    slug = factory.Sequence(lambda n: f"org-{n}")
+    is_supplier = True
+    is_buyer = True
+    home_region = factory.LazyFunction(lambda: Region.objects.get(code="CN-SH"))
+
+
+class NodeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Node
+
+    organisation = factory.SubFactory(OrganisationFactory)
+    name = factory.Sequence(lambda n: f"node-{n}")
+    chip = factory.LazyFunction(lambda: ChipType.objects.get(code="nvidia-h800-sxm"))
+    card_count = 8
+    region = factory.LazyFunction(lambda: Region.objects.get(code="CN-GZ-GA"))
+    interconnect = "infiniband"
+    fabric_id = ""
+
+
+def make_listing(node: Node, *, hours: int = 24, start=None, cards: int | None = None,
+                 ask: str = "10.00", **kwargs):
+    start = start or next_hour(1)
+    return services.listing_create(organisation=node.organisation, node_id=node.pk, cards=cards or node.card_count,
+                                   start=start, end=start + timedelta(hours=hours), ask_per_card_hour=Decimal(ask),
+                                   **kwargs)

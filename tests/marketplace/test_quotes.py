@@ -1,0 +1,94 @@
+"""Quotes show the market without creating anything."""
+from decimal import Decimal
+
+import pytest
+
+from marketplace import services
+from marketplace.models import ChipType, Order, Region
+
+from tests.factories import NodeFactory, OrganisationFactory, make_listing
+
+from .helpers import assert_error, card_hours_body, tokens_body
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def market():
+    gz, sh = Region.objects.get(code="CN-GZ-GA"), Region.objects.get(code="CN-SH")
+    ascend = ChipType.objects.get(code="huawei-ascend-910b")
+    make_listing(NodeFactory(region=gz), ask="9.00")
+    make_listing(NodeFactory(region=gz), ask="11.00")
+    make_listing(NodeFactory(region=sh), ask="14.00")
+    make_listing(NodeFactory(region=sh, chip=ascend, interconnect="roce"), ask="6.00")
+    busy = make_listing(NodeFactory(region=gz), ask="5.00")
+    # the cheapest node is fully sold for the whole day
+    from marketplace.models import ListingHour
+    ListingHour.objects.filter(listing=busy).update(cards_sold=8)
+
+
+def test_quote_counts_offers_best_price_and_depth(buyer_client, market):
+    body = card_hours_body(chips=["nvidia-h800-sxm", "huawei-ascend-910b"], max_price_per_card_hour="12")
+    response = buyer_client.post("/api/v1/quotes", body, format="json")
+    assert response.status_code == 200, response.content
+    quote = response.json()
+    assert quote["offers"] == 4  # the sold-out node is not an offer
+    assert quote["feasible_offers"] == 3  # 14.00 is above the 12.00 limit
+    assert Decimal(quote["best_price"]) == Decimal("6")
+    assert quote["best_offer"]["chip"] == "huawei-ascend-910b"
+    assert Decimal(quote["best_offer"]["estimated_cost"]) == Decimal("6") * 4 * 3
+    depth = {(d["chip"], d["region"]): d for d in quote["depth"]}
+    assert set(depth) == {("nvidia-h800-sxm", "CN-GZ-GA"), ("nvidia-h800-sxm", "CN-SH"), ("huawei-ascend-910b", "CN-SH")}
+    assert [Decimal(l["price"]) for l in depth[("nvidia-h800-sxm", "CN-GZ-GA")]["levels"]] == [9, 11]
+    assert depth[("nvidia-h800-sxm", "CN-GZ-GA")]["levels"][0]["card_hours"] == 12
+    assert not Order.objects.exists()
+
+
+def test_quote_respects_region_and_interconnect(buyer_client, market):
+    body = card_hours_body(chips=["nvidia-h800-sxm", "huawei-ascend-910b"], region={"policy": "own_province"})
+    quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+    assert {d["region"] for d in quote["depth"]} == {"CN-SH"}  # the buyer's home province is Shanghai
+    body = card_hours_body(chips=["nvidia-h800-sxm", "huawei-ascend-910b"], interconnects=["roce"])
+    quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+    assert quote["offers"] == 1 and quote["best_offer"]["chip"] == "huawei-ascend-910b"
+    body = card_hours_body(region={"policy": "within_km", "lat": 26.65, "lon": 106.63, "radius_km": 100})
+    quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+    assert {d["region"] for d in quote["depth"]} == {"CN-GZ-GA"}
+
+
+def test_quote_for_a_fabric_spans_nodes(buyer_client):
+    supplier = OrganisationFactory()
+    make_listing(NodeFactory(organisation=supplier, fabric_id="ib-1"), ask="10")
+    make_listing(NodeFactory(organisation=supplier, fabric_id="ib-1"), ask="12")
+    body = card_hours_body(cards=12, placement="same_fabric")
+    quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+    assert quote["offers"] == 1
+    assert quote["best_offer"]["nodes"] == 2 and Decimal(quote["best_offer"]["ask_per_card_hour"]) == 12
+    single = buyer_client.post("/api/v1/quotes", card_hours_body(cards=12), format="json").json()
+    assert single["offers"] == 0
+
+
+def test_token_quote(buyer_client):
+    node = NodeFactory()
+    make_listing(node, token_endpoint=services.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"), Decimal("8")))
+    make_listing(NodeFactory(), token_endpoint=services.TokenEndpoint("DeepSeek-V3", Decimal("0.1"), Decimal("1"),
+                                                                      Decimal("2")))
+    make_listing(NodeFactory(), token_endpoint=services.TokenEndpoint("DeepSeek-R1", Decimal("0.1"), Decimal("1"),
+                                                                      Decimal("2")))
+    quote = buyer_client.post("/api/v1/quotes", tokens_body(), format="json").json()
+    assert quote["offers"] == 2 and quote["feasible_offers"] == 2
+    # 10M input at 25% hit: 2.5M x 0.1 + 7.5M x 1 + 2M output x 2, per million = 11.75 CNY
+    assert Decimal(quote["best_offer"]["estimated_cost"]) == Decimal("11.75")
+    assert {k: Decimal(v) for k, v in quote["best_price"].items()} == {
+        "input_hit_per_m": Decimal("0.1"), "input_miss_per_m": 1, "output_per_m": 2}
+
+
+def test_token_listings_are_not_sold_as_card_hours(buyer_client):
+    make_listing(NodeFactory(), token_endpoint=services.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"),
+                                                                      Decimal("8")))
+    assert buyer_client.post("/api/v1/quotes", card_hours_body(), format="json").json()["offers"] == 0
+
+
+def test_quote_validates_like_an_order(buyer_client):
+    assert_error(buyer_client.post("/api/v1/quotes", card_hours_body(chips=["nope"]), format="json"), 400,
+                 field="chips")
