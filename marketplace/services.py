@@ -439,3 +439,29 @@ def _allocation_release_locked(*, allocation_id: int, from_hour: int | None = No
     allocation.status = Allocation.Status.RELEASED
     allocation.save(update_fields=["status", "updated_at"])
     return allocation
+
+
+def order_expire_due(*, now=None) -> int:
+    """Expire open card-hour orders that can no longer fit: no whole hour from the next one on
+    leaves ``duration_hours`` before ``latest_end``. Idempotent; returns how many expired.
+    Locks each order row (skipping any a matching round holds) before changing it."""
+    now = now or timezone.now()
+    next_hour = current_hour_index(now) + 1
+    from .demand import MAX_DURATION_HOURS
+    from .hours import hour_start
+
+    horizon = hour_start(next_hour + MAX_DURATION_HOURS)
+    due = [pk for pk, latest_end, duration in Order.objects.filter(
+        status=Order.Status.OPEN, kind=Order.Kind.CARD_HOURS, latest_end__lt=horizon,
+    ).values_list("pk", "latest_end", "duration_hours") if hour_index(latest_end) - duration < next_hour]
+    expired = 0
+    for pk in sorted(due):
+        with transaction.atomic():
+            order = Order.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Order.Status.OPEN).first()
+            if order is None:
+                continue
+            order.status = Order.Status.EXPIRED
+            order.status_reason = "the window closed before the order could be matched"
+            order.save(update_fields=["status", "status_reason", "updated_at"])
+            expired += 1
+    return expired

@@ -161,3 +161,19 @@ def test_withdraw_keeps_sold_slots_and_frees_the_rest(supplier_client, buyer_cli
     # the freed node-hours can be listed again
     relist = make_listing(node, start=listing.start + timedelta(hours=3), hours=5)
     assert relist.hours.count() == 5
+
+
+def test_orders_expire_once_their_window_can_no_longer_hold_them(buyer_client):
+    from marketplace.tasks import orders_expire
+    from tests.factories import next_hour
+
+    # given one order that still fits (24-hour window) and one whose window has shrunk to 2 hours for 3
+    fits = _order(buyer_client)
+    stale = _order(buyer_client)
+    Order.objects.filter(pk=stale.pk).update(earliest_start=next_hour(-5), latest_end=next_hour(2))
+    # when the expiry task runs (twice: it is idempotent)
+    assert orders_expire.run() == 1
+    assert orders_expire.run() == 0
+    # then only the stale one expired
+    assert Order.objects.get(pk=stale.pk).status == "expired"
+    assert Order.objects.get(pk=fits.pk).status == "open"

@@ -1,0 +1,9 @@
+"""Thin Celery wrappers around marketplace services. Idempotent; JSON arguments only."""
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(name="marketplace.orders_expire", time_limit=120, soft_time_limit=100, acks_late=True)
+def orders_expire() -> int:
+    return services.order_expire_due()
