@@ -1,0 +1,105 @@
+"""The engine's entry point: snapshot arrays in, priced matches out. Deterministic: the same
+snapshot always gives the same matches (stable sorts, integer arithmetic, no randomness)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernel import greedy_match
+from .pricing import apply_price_rule
+from .types import SAME_FABRIC, DemandBook, EngineParams, EngineResult, SupplyBook
+
+MAX_BAND_CANDIDATES = 16
+
+
+def _index(keys: np.ndarray, n: int) -> np.ndarray:
+    """CSR pointer for sorted ``keys`` in [0, n)."""
+    return np.searchsorted(keys, np.arange(n + 1), side="left").astype(np.int64)
+
+
+def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | None = None, *,
+               baseline: bool = False) -> EngineResult:
+    """Match ``demand`` against ``supply``. ``baseline=True`` runs the naive first-come first-fit
+    reference (arrival order, listings in id order, first feasible wins) for comparison."""
+    params = params or EngineParams()
+    n_list, n_orders = supply.size, demand.size
+    if n_list == 0 or n_orders == 0:
+        return EngineResult()
+    n_chips = int(max(supply.chip.max(), demand.opt_chip.max() if demand.opt_chip.size else 0)) + 1
+
+    if baseline:
+        listing_order = np.lexsort((supply.listing_id, supply.chip))
+        order_seq = np.lexsort((demand.order_id, demand.arrival))
+    else:
+        listing_order = np.lexsort((supply.listing_id, supply.ask, supply.chip))
+        order_seq = np.lexsort((demand.order_id, demand.arrival, -demand.bid))
+    chip_list = listing_order.astype(np.int64)
+    chip_ptr = _index(supply.chip[listing_order], n_chips)
+    n_regions = demand.allowed.shape[1]
+    cell_key = supply.chip.astype(np.int64) * n_regions + supply.region
+    cell_list = np.lexsort((supply.listing_id, supply.ask, cell_key)).astype(np.int64)
+    cell_ptr = _index(cell_key[cell_list], n_chips * n_regions)
+    rr_rule, rr_region = np.nonzero(demand.allowed)
+    rr_ptr = _index(rr_rule, demand.allowed.shape[0])
+    rr_list = rr_region.astype(np.int64)
+
+    in_fabric = np.flatnonzero(supply.fabric >= 0)
+    fab_sorted = in_fabric[np.lexsort((supply.listing_id[in_fabric], supply.ask[in_fabric], supply.fabric[in_fabric]))]
+    fab_ids, fab_starts = np.unique(supply.fabric[fab_sorted], return_index=True)
+    fab_ptr = np.append(fab_starts, fab_sorted.size).astype(np.int64)
+    fab_chip = supply.chip[fab_sorted[fab_starts]] if fab_sorted.size else np.zeros(0, dtype=np.int32)
+    chip_fabs = np.argsort(fab_chip, kind="stable").astype(np.int64)
+    chip_fab_ptr = _index(fab_chip[chip_fabs], n_chips)
+
+    excl = np.zeros(0, dtype=np.int64)
+    if params.excluded_pairs:
+        o_index = {int(o): i for i, o in enumerate(demand.order_id)}
+        l_index = {int(l): i for i, l in enumerate(supply.listing_id)}
+        keys = [o_index[o] * n_list + l_index[l] for o, l in params.excluded_pairs if o in o_index and l in l_index]
+        excl = np.array(sorted(keys), dtype=np.int64)
+
+    fabric_orders = demand.placement == SAME_FABRIC
+    max_cards = np.maximum.reduceat(demand.opt_cards, demand.opt_ptr[:-1]) if demand.opt_cards.size else 0
+    capacity = n_orders + int(np.sum(np.where(fabric_orders, max_cards, 0)))
+    out_start = np.full(n_orders, -1, dtype=np.int64)
+    out_opt = np.full(n_orders, -1, dtype=np.int64)
+    part_order = np.empty(capacity, dtype=np.int64)
+    part_listing = np.empty(capacity, dtype=np.int64)
+    part_cards = np.empty(capacity, dtype=np.int64)
+    free = supply.free.astype(np.int32, copy=True)
+
+    n_parts = greedy_match(
+        order_seq.astype(np.int64), demand.bid, demand.duration.astype(np.int64), demand.earliest.astype(np.int64),
+        demand.latest_end.astype(np.int64), demand.interconnects.astype(np.int64), demand.placement.astype(np.int64),
+        demand.rule.astype(np.int64), demand.opt_ptr.astype(np.int64), demand.opt_chip.astype(np.int64),
+        demand.opt_cards.astype(np.int64), demand.allowed, chip_ptr, chip_list, cell_ptr, cell_list, rr_ptr, rr_list,
+        supply.ask,
+        supply.region.astype(np.int64), supply.interconnect.astype(np.int64), supply.min_cards.astype(np.int64),
+        supply.min_hours.astype(np.int64), free, fab_ptr, fab_sorted.astype(np.int64), chip_fab_ptr, chip_fabs,
+        int(round(params.fit_band * 1_000_000)), MAX_BAND_CANDIDATES, baseline, excl,
+        out_start, out_opt, part_order, part_listing, part_cards)
+
+    return _result(supply, demand, params, out_start, part_order[:n_parts], part_listing[:n_parts],
+                   part_cards[:n_parts], price=not baseline)
+
+
+def _result(supply, demand, params, out_start, part_order, part_listing, part_cards, *, price: bool) -> EngineResult:
+    if part_order.size == 0:
+        return EngineResult()
+    # The kernel writes an order's parts together, so each match is a contiguous run of parts.
+    starts = np.flatnonzero(np.r_[True, part_order[1:] != part_order[:-1]])
+    orders = part_order[starts]
+    duration = demand.duration[orders].astype(np.int64)
+    part_ask = supply.ask[part_listing]
+    start_hour = out_start[orders] + supply.h0
+    price_bucket = supply.price_bucket if supply.price_bucket is not None else supply.chip
+    result = EngineResult(
+        order_id=demand.order_id[orders], start_hour=start_hour, end_hour=start_hour + duration,
+        cards=np.add.reduceat(part_cards, starts), bid=demand.bid[orders], ask=np.maximum.reduceat(part_ask, starts),
+        surplus=np.add.reduceat((demand.bid[part_order] - part_ask) * part_cards, starts) * duration,
+        price=np.zeros(starts.size, dtype=np.int64), bucket=price_bucket[part_listing[starts]].astype(np.int64),
+        part_ptr=np.r_[starts, part_order.size].astype(np.int64), part_listing_id=supply.listing_id[part_listing],
+        part_cards=part_cards.copy(),
+    )
+    if price:
+        apply_price_rule(params.price_rule, result)
+    return result
