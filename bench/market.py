@@ -65,7 +65,7 @@ def load_regions() -> tuple[list[RegionInfo], list[str]]:
 
 
 def generate_market(*, seed: int, n_orders: int, n_nodes: int, horizon: int = 48, max_slack: int = 12,
-                    busy_share: float = 0.30) -> tuple[SupplyBook, DemandBook, MarketMeta]:
+                    busy_share: float = 0.30, single_node_only: bool = False) -> tuple[SupplyBook, DemandBook, MarketMeta]:
     rng = np.random.default_rng(seed)
     regions, hubs = load_regions()
     chips = list(CHIPS)
@@ -124,6 +124,9 @@ def generate_market(*, seed: int, n_orders: int, n_nodes: int, horizon: int = 48
     # --- demand ---
     o_cards = rng.choice([1, 2, 4, 8, 16], size=n_orders, p=[0.38, 0.25, 0.2, 0.14, 0.03]).astype(np.int16)
     placement = np.where(o_cards > 8, SAME_FABRIC, np.where(rng.random(n_orders) < 0.1, SAME_FABRIC, SINGLE_NODE))
+    if single_node_only:  # for exact comparisons: every order fits on one node
+        o_cards = np.minimum(o_cards, 8)
+        placement[:] = SINGLE_NODE
     duration = np.minimum(rng.geometric(0.3, n_orders), 12).astype(np.int16)
     earliest = rng.integers(0, max(1, horizon - 12), n_orders).astype(np.int32)
     slack = rng.integers(0, max_slack + 1, n_orders)

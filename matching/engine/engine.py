@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernel import greedy_match
+from .kernel import DEAD, greedy_match, probe_regret
 from .pricing import apply_price_rule
 from .types import SAME_FABRIC, DemandBook, EngineParams, EngineResult, SupplyBook
 
@@ -16,6 +16,10 @@ def _index(keys: np.ndarray, n: int) -> np.ndarray:
     return np.searchsorted(keys, np.arange(n + 1), side="left").astype(np.int64)
 
 
+def _i64(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.int64, copy=False)
+
+
 def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | None = None, *,
                baseline: bool = False) -> EngineResult:
     """Match ``demand`` against ``supply``. ``baseline=True`` runs the naive first-come first-fit
@@ -25,37 +29,55 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
     if n_list == 0 or n_orders == 0:
         return EngineResult()
     n_chips = int(max(supply.chip.max(), demand.opt_chip.max() if demand.opt_chip.size else 0)) + 1
-
-    if baseline:
-        listing_order = np.lexsort((supply.listing_id, supply.chip))
-        order_seq = np.lexsort((demand.order_id, demand.arrival))
-    else:
-        listing_order = np.lexsort((supply.listing_id, supply.ask, supply.chip))
-        order_seq = np.lexsort((demand.order_id, demand.arrival, -demand.bid))
-    chip_list = listing_order.astype(np.int64)
-    chip_ptr = _index(supply.chip[listing_order], n_chips)
     n_regions = demand.allowed.shape[1]
-    cell_key = supply.chip.astype(np.int64) * n_regions + supply.region
-    cell_list = np.lexsort((supply.listing_id, supply.ask, cell_key)).astype(np.int64)
+
+    # Listings by chip (cheapest first; the baseline takes them in id order), and by (chip, region).
+    sort_keys = (supply.listing_id, supply.chip) if baseline else (supply.listing_id, supply.ask, supply.chip)
+    chip_list = _i64(np.lexsort(sort_keys))
+    chip_ptr = _index(supply.chip[chip_list], n_chips)
+    cell_key = _i64(supply.chip) * n_regions + supply.region
+    cell_list = _i64(np.lexsort((supply.listing_id, supply.ask, cell_key)))
     cell_ptr = _index(cell_key[cell_list], n_chips * n_regions)
     rr_rule, rr_region = np.nonzero(demand.allowed)
     rr_ptr = _index(rr_rule, demand.allowed.shape[0])
-    rr_list = rr_region.astype(np.int64)
+    rr_list = _i64(rr_region)
 
+    # Fabric groups, each cheapest member first; groups indexed by chip.
     in_fabric = np.flatnonzero(supply.fabric >= 0)
-    fab_sorted = in_fabric[np.lexsort((supply.listing_id[in_fabric], supply.ask[in_fabric], supply.fabric[in_fabric]))]
-    fab_ids, fab_starts = np.unique(supply.fabric[fab_sorted], return_index=True)
-    fab_ptr = np.append(fab_starts, fab_sorted.size).astype(np.int64)
+    fab_sorted = _i64(in_fabric[np.lexsort((supply.listing_id[in_fabric], supply.ask[in_fabric],
+                                            supply.fabric[in_fabric]))])
+    _, fab_starts = np.unique(supply.fabric[fab_sorted], return_index=True)
+    fab_ptr = _i64(np.append(fab_starts, fab_sorted.size))
     fab_chip = supply.chip[fab_sorted[fab_starts]] if fab_sorted.size else np.zeros(0, dtype=np.int32)
-    chip_fabs = np.argsort(fab_chip, kind="stable").astype(np.int64)
+    chip_fabs = _i64(np.argsort(fab_chip, kind="stable"))
     chip_fab_ptr = _index(fab_chip[chip_fabs], n_chips)
 
     excl = np.zeros(0, dtype=np.int64)
     if params.excluded_pairs:
         o_index = {int(o): i for i, o in enumerate(demand.order_id)}
         l_index = {int(l): i for i, l in enumerate(supply.listing_id)}
-        keys = [o_index[o] * n_list + l_index[l] for o, l in params.excluded_pairs if o in o_index and l in l_index]
-        excl = np.array(sorted(keys), dtype=np.int64)
+        excl = np.array(sorted(o_index[o] * n_list + l_index[l] for o, l in params.excluded_pairs
+                               if o in o_index and l in l_index), dtype=np.int64)
+
+    free = supply.free.astype(np.int32, copy=True)
+    o = {name: _i64(getattr(demand, name)) for name in
+         ("duration", "earliest", "latest_end", "interconnects", "placement", "rule", "opt_ptr", "opt_chip",
+          "opt_cards")}
+    l_region, l_ic = _i64(supply.region), _i64(supply.interconnect)
+    l_min_cards, l_min_hours = _i64(supply.min_cards), _i64(supply.min_hours)
+
+    if baseline:
+        order_seq = np.lexsort((demand.order_id, demand.arrival))
+        opt_first = chip_ptr[o["opt_chip"]]
+    else:
+        best = np.empty(n_orders, dtype=np.int64)
+        second = np.empty(n_orders, dtype=np.int64)
+        opt_first = np.empty(o["opt_chip"].size, dtype=np.int64)
+        probe_regret(demand.bid, o["duration"], o["earliest"], o["latest_end"], o["interconnects"], o["rule"],
+                     o["opt_ptr"], o["opt_chip"], o["opt_cards"], demand.allowed, chip_ptr, chip_list, cell_ptr,
+                     cell_list, rr_ptr, rr_list, supply.ask, l_region, l_ic, l_min_cards, l_min_hours, free, excl,
+                     best, second, opt_first)
+        order_seq = _priority(demand, best, second)
 
     fabric_orders = demand.placement == SAME_FABRIC
     max_cards = np.maximum.reduceat(demand.opt_cards, demand.opt_ptr[:-1]) if demand.opt_cards.size else 0
@@ -65,21 +87,29 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
     part_order = np.empty(capacity, dtype=np.int64)
     part_listing = np.empty(capacity, dtype=np.int64)
     part_cards = np.empty(capacity, dtype=np.int64)
-    free = supply.free.astype(np.int32, copy=True)
 
     n_parts = greedy_match(
-        order_seq.astype(np.int64), demand.bid, demand.duration.astype(np.int64), demand.earliest.astype(np.int64),
-        demand.latest_end.astype(np.int64), demand.interconnects.astype(np.int64), demand.placement.astype(np.int64),
-        demand.rule.astype(np.int64), demand.opt_ptr.astype(np.int64), demand.opt_chip.astype(np.int64),
-        demand.opt_cards.astype(np.int64), demand.allowed, chip_ptr, chip_list, cell_ptr, cell_list, rr_ptr, rr_list,
-        supply.ask,
-        supply.region.astype(np.int64), supply.interconnect.astype(np.int64), supply.min_cards.astype(np.int64),
-        supply.min_hours.astype(np.int64), free, fab_ptr, fab_sorted.astype(np.int64), chip_fab_ptr, chip_fabs,
-        int(round(params.fit_band * 1_000_000)), MAX_BAND_CANDIDATES, baseline, excl,
-        out_start, out_opt, part_order, part_listing, part_cards)
+        _i64(order_seq), demand.bid, o["duration"], o["earliest"], o["latest_end"], o["interconnects"],
+        o["placement"], o["rule"], o["opt_ptr"], o["opt_chip"], o["opt_cards"], opt_first, demand.allowed, chip_ptr,
+        chip_list, cell_ptr, cell_list, rr_ptr, rr_list, supply.ask, l_region, l_ic, l_min_cards, l_min_hours, free,
+        fab_ptr, fab_sorted, chip_fab_ptr, chip_fabs, int(round(params.fit_band * 1_000_000)), MAX_BAND_CANDIDATES,
+        baseline, excl, out_start, out_opt, part_order, part_listing, part_cards)
 
     return _result(supply, demand, params, out_start, part_order[:n_parts], part_listing[:n_parts],
                    part_cards[:n_parts], price=not baseline)
+
+
+def _priority(demand: DemandBook, best: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Processing order. Orders that only a multi-node fabric placement can serve go first (they
+    need the most contiguous capacity), then by regret (what an order loses if its best listing
+    goes elsewhere), then bid, then arrival: price-time priority among equals. Orders with no
+    feasible listing at all are left out: capacity only shrinks during a round."""
+    fabric_only = (best < 0) & (demand.placement == SAME_FABRIC)
+    regret = np.where(second >= 0, best - second, best)
+    candidates = np.flatnonzero((best >= 0) | fabric_only)
+    seq = np.lexsort((demand.order_id[candidates], demand.arrival[candidates], -demand.bid[candidates],
+                      -regret[candidates], ~fabric_only[candidates]))
+    return candidates[seq]
 
 
 def _result(supply, demand, params, out_start, part_order, part_listing, part_cards, *, price: bool) -> EngineResult:
@@ -88,7 +118,7 @@ def _result(supply, demand, params, out_start, part_order, part_listing, part_ca
     # The kernel writes an order's parts together, so each match is a contiguous run of parts.
     starts = np.flatnonzero(np.r_[True, part_order[1:] != part_order[:-1]])
     orders = part_order[starts]
-    duration = demand.duration[orders].astype(np.int64)
+    duration = _i64(demand.duration[orders])
     part_ask = supply.ask[part_listing]
     start_hour = out_start[orders] + supply.h0
     price_bucket = supply.price_bucket if supply.price_bucket is not None else supply.chip
@@ -96,8 +126,8 @@ def _result(supply, demand, params, out_start, part_order, part_listing, part_ca
         order_id=demand.order_id[orders], start_hour=start_hour, end_hour=start_hour + duration,
         cards=np.add.reduceat(part_cards, starts), bid=demand.bid[orders], ask=np.maximum.reduceat(part_ask, starts),
         surplus=np.add.reduceat((demand.bid[part_order] - part_ask) * part_cards, starts) * duration,
-        price=np.zeros(starts.size, dtype=np.int64), bucket=price_bucket[part_listing[starts]].astype(np.int64),
-        part_ptr=np.r_[starts, part_order.size].astype(np.int64), part_listing_id=supply.listing_id[part_listing],
+        price=np.zeros(starts.size, dtype=np.int64), bucket=_i64(price_bucket[part_listing[starts]]),
+        part_ptr=_i64(np.r_[starts, part_order.size]), part_listing_id=supply.listing_id[part_listing],
         part_cards=part_cards.copy(),
     )
     if price:

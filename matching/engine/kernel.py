@@ -1,17 +1,26 @@
-"""The allocation kernel: a greedy pass in price-time priority, compiled with numba.
+"""The allocation kernel, compiled with numba.
 
 Plain Python over numpy arrays; numba compiles it (``cache=True`` keeps the machine code between
-processes). ``NUMBA_DISABLE_JIT=1`` runs the very same code as ordinary Python.
+processes), and ``NUMBA_DISABLE_JIT=1`` runs the very same code as ordinary Python.
 
-For each order, highest bid first (earlier arrival first among equal bids):
-1. For every acceptable (chip, cards) option, walk that chip's listings cheapest first while the
-   ask is within the bid. A listing is a candidate if it meets every hard constraint (region rule,
+Two passes over the orders of a round:
+
+``probe_regret`` (no allocation) finds, for every order, its best and second-best single-node
+surplus over distinct listings at the opening state, and for every (order, chip option) where the
+walk along that chip's ask-sorted listings may start: feasibility only shrinks during a round, so a
+listing infeasible at opening stays infeasible, and an option with nothing feasible stays dead.
+
+``greedy_match`` then takes orders in the priority the caller chose (regret first; see engine.py)
+and, for each:
+1. for every live (chip, cards) option, walks that chip's listings cheapest first while the ask is
+   within the bid; a listing is a candidate if it meets every hard constraint (region rule,
    interconnect, minimum rental, not excluded by an admin) and has ``cards`` free for ``duration``
-   consecutive hours inside the window (earliest such start).
-2. Among candidates whose ask is within ``band`` of the cheapest candidate, take the best fit: the
-   least free capacity left over in the hours used, so whole nodes stay whole for large jobs.
-3. Across options, the largest surplus ``(bid - ask) x cards x hours`` wins.
-4. A same-fabric order that no single node can hold is placed across nodes of one fabric group,
+   consecutive hours inside the window (its earliest such start). Orders whose region rule admits
+   few regions visit only the admitted (chip, region) cells;
+2. among candidates whose ask is within ``band`` of the cheapest, takes the best fit: the least
+   free capacity left over in the hours used, so whole nodes stay whole for large jobs;
+3. across options, the largest surplus ``(bid - ask) x cards x hours`` wins;
+4. a same-fabric order that no single node can hold is placed across nodes of one fabric group,
    cheapest nodes first, all or nothing.
 """
 from __future__ import annotations
@@ -20,6 +29,7 @@ import numpy as np
 from numba import njit
 
 NO_LISTING = -1
+DEAD = -1  # opt_first value: this option has no feasible listing this round
 
 
 @njit(cache=True)
@@ -71,15 +81,84 @@ def _eligible(l, o, rule, ic_mask, cards, dur, allowed, l_region, l_ic, l_min_ca
 
 
 @njit(cache=True)
-def _search_chip(o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, chip_ptr, live_end, chip_list, l_ask,
+def _is_narrow(rule, rr_ptr, n_regions):
+    return (rr_ptr[rule + 1] - rr_ptr[rule]) * 3 < n_regions
+
+
+@njit(cache=True)
+def probe_regret(o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, opt_cards, allowed, chip_ptr, chip_list,
+                 cell_ptr, cell_list, rr_ptr, rr_list, l_ask, l_region, l_ic, l_min_cards, l_min_hours, free, excl,
+                 out_best, out_second, opt_first):
+    """Per order: best and second-best surplus over distinct listings at opening (-1 if none).
+    Per option: where the main pass starts walking the chip list, or DEAD."""
+    n_list = free.shape[0]
+    n_regions = allowed.shape[1]
+    for o in range(o_bid.shape[0]):
+        bid = o_bid[o]
+        dur = o_dur[o]
+        rule = o_rule[o]
+        best = -1
+        second = -1
+        best_l = -1
+        narrow = _is_narrow(rule, rr_ptr, n_regions)
+        for k in range(opt_ptr[o], opt_ptr[o + 1]):
+            opt_first[k] = DEAD
+            if o_lt[o] - o_e[o] < dur:
+                continue
+            chip = opt_chip[k]
+            cards = opt_cards[k]
+            if narrow:
+                n_cells = rr_ptr[rule + 1] - rr_ptr[rule]
+            else:
+                n_cells = 1
+            for ci in range(n_cells):
+                if narrow:
+                    cell = chip * n_regions + rr_list[rr_ptr[rule] + ci]
+                    lo, hi = cell_ptr[cell], cell_ptr[cell + 1]
+                else:
+                    lo, hi = chip_ptr[chip], chip_ptr[chip + 1]
+                found = 0
+                for idx in range(lo, hi):
+                    l = cell_list[idx] if narrow else chip_list[idx]
+                    ask = l_ask[l]
+                    if ask > bid:
+                        break
+                    surplus = (bid - ask) * cards * dur
+                    if surplus <= second and opt_first[k] != DEAD:
+                        break  # asks only rise: nothing later improves the top two, and the option is alive
+                    if not _eligible(l, o, rule, o_ic[o], cards, dur, allowed, l_region, l_ic, l_min_cards,
+                                     l_min_hours, excl, n_list):
+                        continue
+                    start, left = _earliest_run(free[l], o_e[o], o_lt[o], dur, cards)
+                    if start < 0:
+                        continue
+                    if opt_first[k] == DEAD:
+                        opt_first[k] = idx if not narrow else 0
+                    if surplus > best:
+                        if l != best_l:
+                            second = best
+                        best = surplus
+                        best_l = l
+                    elif surplus > second and l != best_l:
+                        second = surplus
+                    found += 1
+                    if found >= 2:
+                        break
+        out_best[o] = best
+        out_second[o] = second
+
+
+@njit(cache=True)
+def _search_chip(o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, first, chip_ptr, chip_list, l_ask,
                  l_region, l_ic, l_min_cards, l_min_hours, l_max, free, allowed, excl, band_ppm, max_band_candidates,
                  first_fit):
-    """Walk one chip's listings cheapest first; best fit within the band. (listing, start, left, ask)."""
+    """Walk one chip's listings from ``first``, cheapest first; best fit within the band.
+    Returns (listing, start, leftover, ask)."""
     n_list = free.shape[0]
     cand_l, cand_start, cand_left, cand_ask = NO_LISTING, -1, 0, 0
     band_limit = -1
     in_band = 0
-    for idx in range(chip_ptr[chip], live_end[chip]):
+    for idx in range(first, chip_ptr[chip + 1]):
         l = chip_list[idx]
         ask = l_ask[l]
         if first_fit:
@@ -112,9 +191,8 @@ def _search_chip(o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, c
 def _search_cells(o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, cell_ptr, cell_list, rr_ptr, rr_list,
                   n_regions, l_ask, l_region, l_ic, l_min_cards, l_min_hours, l_max, free, allowed, excl, band_ppm,
                   max_band_candidates):
-    """Same result as ``_search_chip`` for a rule that admits few regions, visiting only the
-    (chip, region) cells it admits: pass 1 finds the cheapest feasible ask, pass 2 the best fit
-    within the band."""
+    """``_search_chip`` for a rule that admits few regions, visiting only its (chip, region) cells:
+    pass 1 finds the cheapest feasible ask, pass 2 the best fit within the band."""
     n_list = free.shape[0]
     cheapest = bid + 1
     cand_l, cand_start, cand_left, cand_ask = NO_LISTING, -1, 0, 0
@@ -163,24 +241,25 @@ def _search_cells(o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, 
 
 
 @njit(cache=True)
-def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_ptr, opt_chip, opt_cards, allowed,
-                 chip_ptr, chip_list, cell_ptr, cell_list, rr_ptr, rr_list, l_ask, l_region, l_ic, l_min_cards,
-                 l_min_hours, free,
-                 fab_ptr, fab_members, chip_fab_ptr, chip_fabs, band_ppm, max_band_candidates, first_fit, excl,
-                 out_start, out_opt, part_order, part_listing, part_cards):
-    """Allocate in place: ``free`` is decremented; returns the number of parts written.
+def _take(l, start, dur, cards, free, l_max):
+    for j in range(start, start + dur):
+        free[l, j] -= cards
+    l_max[l] = _row_max(free[l])
 
-    ``first_fit`` turns this into the naive baseline: listings are taken in the order given (not
-    cheapest first) and the first feasible one wins.
 
-    Outputs per order index: ``out_start`` (relative start hour, -1 if unmatched) and ``out_opt``
-    (option index). Parts are appended to ``part_*`` in allocation order.
+@njit(cache=True)
+def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_ptr, opt_chip, opt_cards, opt_first,
+                 allowed, chip_ptr, chip_list, cell_ptr, cell_list, rr_ptr, rr_list, l_ask, l_region, l_ic,
+                 l_min_cards, l_min_hours, free, fab_ptr, fab_members, chip_fab_ptr, chip_fabs, band_ppm,
+                 max_band_candidates, first_fit, excl, out_start, out_opt, part_order, part_listing, part_cards):
+    """Allocate in place (``free`` is decremented); returns the number of parts written.
+
+    ``first_fit`` makes this the naive baseline: listings in the order given, first feasible wins,
+    no probe (every ``opt_first`` is the start of its chip's list). Parts are appended to
+    ``part_*`` in allocation order, an order's parts together.
     """
     n_list = free.shape[0]
-    n_chips = chip_ptr.shape[0] - 1
     n_regions = allowed.shape[1]
-    live_end = chip_ptr[1:].copy()  # compacted end of each chip's list of listings still selling
-    dead = np.zeros(n_chips, dtype=np.int64)
     l_max = np.empty(n_list, dtype=np.int64)
     for l in range(n_list):
         l_max[l] = _row_max(free[l])
@@ -199,23 +278,25 @@ def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_
         ic_mask = o_ic[o]
         if lt - e < dur:
             continue
+        narrow = (not first_fit) and _is_narrow(rule, rr_ptr, n_regions)
         best_l = NO_LISTING
         best_opt = -1
         best_start = -1
         best_surplus = -1
         best_left = 0
-        narrow = (rr_ptr[rule + 1] - rr_ptr[rule]) * 3 < n_regions
         for k in range(opt_ptr[o], opt_ptr[o + 1]):
+            if opt_first[k] == DEAD:
+                continue
             chip = opt_chip[k]
             cards = opt_cards[k]
-            if narrow and not first_fit:
+            if narrow:
                 cand_l, cand_start, cand_left, cand_ask = _search_cells(
                     o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, cell_ptr, cell_list, rr_ptr, rr_list,
                     n_regions, l_ask, l_region, l_ic, l_min_cards, l_min_hours, l_max, free, allowed, excl, band_ppm,
                     max_band_candidates)
             else:
                 cand_l, cand_start, cand_left, cand_ask = _search_chip(
-                    o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, chip_ptr, live_end, chip_list,
+                    o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, opt_first[k], chip_ptr, chip_list,
                     l_ask, l_region, l_ic, l_min_cards, l_min_hours, l_max, free, allowed, excl, band_ppm,
                     max_band_candidates, first_fit)
             if cand_l != NO_LISTING:
@@ -224,27 +305,13 @@ def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_
                     best_l, best_opt, best_start, best_surplus, best_left = cand_l, k, cand_start, surplus, cand_left
 
         if best_l != NO_LISTING:
-            cards = opt_cards[best_opt]
-            for j in range(best_start, best_start + dur):
-                free[best_l, j] -= cards
-            l_max[best_l] = _row_max(free[best_l])
+            _take(best_l, best_start, dur, opt_cards[best_opt], free, l_max)
             out_start[o] = best_start
             out_opt[o] = best_opt
             part_order[n_parts] = o
             part_listing[n_parts] = best_l
-            part_cards[n_parts] = cards
+            part_cards[n_parts] = opt_cards[best_opt]
             n_parts += 1
-            if l_max[best_l] == 0:
-                chip = opt_chip[best_opt]
-                dead[chip] += 1
-                if dead[chip] >= 32 and dead[chip] * 4 >= live_end[chip] - chip_ptr[chip]:
-                    w = chip_ptr[chip]
-                    for r in range(chip_ptr[chip], live_end[chip]):
-                        if l_max[chip_list[r]] > 0:
-                            chip_list[w] = chip_list[r]
-                            w += 1
-                    live_end[chip] = w
-                    dead[chip] = 0
             continue
 
         if o_place[o] != 1:
@@ -300,12 +367,9 @@ def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_
             out_start[o] = best_start
             out_opt[o] = best_opt
             for q in range(best_n):
-                m = best_parts_l[q]
-                for j in range(best_start, best_start + dur):
-                    free[m, j] -= best_parts_c[q]
-                l_max[m] = _row_max(free[m])
+                _take(best_parts_l[q], best_start, dur, best_parts_c[q], free, l_max)
                 part_order[n_parts] = o
-                part_listing[n_parts] = m
+                part_listing[n_parts] = best_parts_l[q]
                 part_cards[n_parts] = best_parts_c[q]
                 n_parts += 1
     return n_parts

@@ -95,7 +95,7 @@ class DemandBook:
 class EngineParams:
     # Best fit among near-cheapest: candidates whose ask is within this fraction of the cheapest
     # feasible ask compete on fit (leftover free cards), so large jobs still find whole nodes.
-    fit_band: float = 0.03
+    fit_band: float = 0.01
     # Rejected (order_id, listing_id) pairs: an admin said no, so the engine never proposes them again.
     excluded_pairs: frozenset[tuple[int, int]] = frozenset()
     price_rule: str = "uniform_clipped"

@@ -1,0 +1,188 @@
+"""Exact references for the engine's welfare: the MILP optimum and the LP relaxation bound.
+
+A column is one way to serve one order: (order, option, listing, start hour). Its profit is
+``(bid - ask) x cards x hours`` in micro-CNY. Rows: each order is served at most once; each
+listing-hour's free cards are not exceeded. Single-node placements only, so the instances these
+are used on have no multi-node orders.
+
+- ``milp_optimum``: every column, integer, solved exactly by HiGHS (scipy.optimize.milp).
+- ``lp_bound``: the LP relaxation by column generation. Any restricted master's duals ``(lam, mu)``
+  become feasible for the full dual once each ``mu_o`` is raised to the order's best reduced
+  profit; that dual objective is a valid upper bound on the full LP, and equals it at convergence.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit
+from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+
+from matching.engine.types import DemandBook, SupplyBook
+
+
+@njit(cache=True)
+def _columns(count_only, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, opt_cards, allowed, l_chip, l_region,
+             l_ic, l_ask, l_min_cards, l_min_hours, free, chip_ptr, chip_list, lam, out_o, out_l, out_s, out_c, out_p):
+    """Enumerate columns (or, with ``lam`` given, only each order's best by reduced profit).
+    Returns the count written."""
+    n = 0
+    pricing = lam.shape[0] > 0
+    for o in range(o_bid.shape[0]):
+        dur = o_dur[o]
+        best_val = 0.0
+        best = (-1, -1, -1, 0, 0)
+        for k in range(opt_ptr[o], opt_ptr[o + 1]):
+            chip = opt_chip[k]
+            cards = opt_cards[k]
+            for idx in range(chip_ptr[chip], chip_ptr[chip + 1]):
+                l = chip_list[idx]
+                if l_ask[l] > o_bid[o]:
+                    break
+                if not allowed[o_rule[o], l_region[l]] or (o_ic[o] >> l_ic[l]) & 1 == 0:
+                    continue
+                if cards < l_min_cards[l] or dur < l_min_hours[l]:
+                    continue
+                profit = (o_bid[o] - l_ask[l]) * cards * dur
+                for s in range(o_e[o], o_lt[o] - dur + 1):
+                    ok = True
+                    for h in range(s, s + dur):
+                        if free[l, h] < cards:
+                            ok = False
+                            break
+                    if not ok:
+                        continue
+                    if pricing:
+                        cost = 0.0
+                        for h in range(s, s + dur):
+                            cost += lam[l, h]
+                        val = profit - cards * cost
+                        if val > best_val:
+                            best_val = val
+                            best = (o, l, s, cards, profit)
+                    else:
+                        if not count_only:
+                            out_o[n], out_l[n], out_s[n], out_c[n], out_p[n] = o, l, s, cards, profit
+                        n += 1
+        if pricing and best[0] >= 0:
+            out_o[n], out_l[n], out_s[n], out_c[n], out_p[n] = best
+            n += 1
+    return n
+
+
+def _prepare(supply: SupplyBook, demand: DemandBook):
+    order = np.lexsort((supply.listing_id, supply.ask, supply.chip))
+    n_chips = int(max(supply.chip.max(), demand.opt_chip.max())) + 1
+    chip_ptr = np.searchsorted(supply.chip[order], np.arange(n_chips + 1)).astype(np.int64)
+    return (demand.bid, demand.duration.astype(np.int64), demand.earliest.astype(np.int64),
+            demand.latest_end.astype(np.int64), demand.interconnects.astype(np.int64), demand.rule.astype(np.int64),
+            demand.opt_ptr, demand.opt_chip.astype(np.int64), demand.opt_cards.astype(np.int64), demand.allowed,
+            supply.chip.astype(np.int64), supply.region.astype(np.int64), supply.interconnect.astype(np.int64),
+            supply.ask, supply.min_cards.astype(np.int64), supply.min_hours.astype(np.int64),
+            supply.free.astype(np.int64), chip_ptr, order.astype(np.int64))
+
+
+def _empty(n):
+    return (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
+            np.empty(n, np.int64))
+
+
+def all_columns(supply: SupplyBook, demand: DemandBook):
+    args = _prepare(supply, demand)
+    no_lam = np.zeros((0, 0))
+    n = _columns(True, *args, no_lam, *_empty(0))
+    cols = _empty(n)
+    _columns(False, *args, no_lam, *cols)
+    return cols
+
+
+def _matrix(supply, demand, cols):
+    o, l, s, c, p = cols
+    horizon = supply.free.shape[1]
+    dur = demand.duration.astype(np.int64)[o]
+    n_cols = o.size
+    # order rows
+    rows = [o]
+    data = [np.ones(n_cols)]
+    colidx = [np.arange(n_cols)]
+    # capacity rows, one per listing-hour: row id = O + l * H + h
+    total = int(dur.sum())
+    rep = np.repeat(np.arange(n_cols), dur)
+    offset = np.arange(total) - np.repeat(np.cumsum(dur) - dur, dur)
+    hours = s[rep] + offset
+    rows.append(demand.size + l[rep] * horizon + hours)
+    data.append(c[rep].astype(float))
+    colidx.append(rep)
+    rows = np.concatenate(rows)
+    used_rows, compact = np.unique(rows, return_inverse=True)
+    a = sparse.csr_matrix((np.concatenate(data), (compact, np.concatenate(colidx))), shape=(used_rows.size, n_cols))
+    upper = np.ones(used_rows.size)
+    cap = used_rows >= demand.size
+    flat = used_rows[cap] - demand.size
+    upper[cap] = supply.free.reshape(-1)[flat]
+    return a, upper, used_rows
+
+
+def milp_optimum(supply: SupplyBook, demand: DemandBook, time_limit: float = 300.0) -> dict:
+    t0 = time.perf_counter()
+    cols = all_columns(supply, demand)
+    a, upper, _ = _matrix(supply, demand, cols)
+    profit = cols[4].astype(float)
+    res = milp(-profit, constraints=LinearConstraint(a, -np.inf, upper), integrality=np.ones(profit.size),
+               bounds=Bounds(0, 1), options={"time_limit": time_limit, "mip_rel_gap": 1e-6})
+    if res.x is None:
+        raise RuntimeError(f"MILP failed: {res.message}")
+    return {"welfare": float(-res.fun), "bound": float(-getattr(res, "mip_dual_bound", res.fun)),
+            "columns": int(profit.size), "seconds": time.perf_counter() - t0, "status": res.message}
+
+
+def lp_bound(supply: SupplyBook, demand: DemandBook, seed_cols=None, max_rounds: int = 30,
+             tolerance: float = 1e-4, time_budget: float = 600.0) -> dict:
+    """Column generation for the LP relaxation. Returns the best valid upper bound found."""
+    t0 = time.perf_counter()
+    args = _prepare(supply, demand)
+    horizon = supply.free.shape[1]
+    # Start from every order's best column at zero prices, plus any seed columns (the engine's).
+    lam = np.zeros((supply.size, horizon))
+    cols = _empty(demand.size)
+    n = _columns(False, *args, lam + 0.0, *cols)
+    pool = [tuple(x[:n] for x in cols)]
+    if seed_cols is not None:
+        pool.append(seed_cols)
+    best_bound, rmp_value, rounds = np.inf, 0.0, 0
+    while rounds < max_rounds and time.perf_counter() - t0 < time_budget:
+        rounds += 1
+        merged = tuple(np.concatenate([p[i] for p in pool]) for i in range(5))
+        key = np.unique(np.stack([merged[0], merged[1], merged[2], merged[3]]), axis=1, return_index=True)[1]
+        merged = tuple(x[key] for x in merged)
+        pool = [merged]
+        a, upper, used_rows = _matrix(supply, demand, merged)
+        res = linprog(-merged[4].astype(float), A_ub=a, b_ub=upper, bounds=(0, 1), method="highs")
+        if res.status != 0:
+            raise RuntimeError(f"LP failed: {res.message}")
+        rmp_value = -res.fun
+        duals = -res.ineqlin.marginals  # >= 0 for <= rows of a maximisation
+        mu = np.zeros(demand.size)
+        lam = np.zeros(supply.size * horizon)
+        is_order = used_rows < demand.size
+        mu[used_rows[is_order]] = duals[is_order]
+        lam[used_rows[~is_order] - demand.size] = duals[~is_order]
+        lam = lam.reshape(supply.size, horizon)
+        new = _empty(demand.size)
+        n = _columns(False, *args, lam, *new)
+        new = tuple(x[:n] for x in new)
+        # reduced profit of each order's best column under lam; the dual repair gives a valid bound
+        cost = np.array([lam[l, s:s + demand.duration[o]].sum() for o, l, s in zip(new[0], new[1], new[2])])
+        best_reduced = np.zeros(demand.size)
+        if n:
+            best_reduced[new[0]] = new[4] - new[3] * cost
+        bound = float((lam * supply.free).sum() + np.maximum(mu, best_reduced).sum())
+        best_bound = min(best_bound, bound)
+        improving = best_reduced > mu + 1e-6 * np.maximum(1.0, mu)
+        if best_bound - rmp_value <= tolerance * best_bound or not improving.any():
+            break
+        keep = improving[new[0]]
+        pool.append(tuple(x[keep] for x in new))
+    return {"bound": best_bound, "rmp": rmp_value, "rounds": rounds, "seconds": time.perf_counter() - t0,
+            "gap": (best_bound - rmp_value) / best_bound if best_bound else 0.0}
