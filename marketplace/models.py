@@ -82,10 +82,16 @@ class Organisation(models.Model):
     is_buyer = models.BooleanField(default=False)
     home_region = models.ForeignKey(Region, null=True, blank=True, on_delete=models.PROTECT,
                                     help_text="used by the 'own province' region policy")
+    reliability = models.DecimalField(max_digits=4, decimal_places=3, default=1,
+                                      help_text="share of sold card-hours delivered without failure (1 = perfect)")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(reliability__gte=0) & Q(reliability__lte=1),
+                                   name="organisation_reliability_range"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -312,6 +318,10 @@ class Order(models.Model):
     ssh_public_key = models.TextField(blank=True)
 
     status_reason = models.CharField(max_length=300, blank=True)
+    # After a supplier failure the undelivered remainder is matched again: ``duration_hours`` and
+    # the window then describe the remainder, and these keep what the buyer first asked for.
+    rematch_count = models.PositiveSmallIntegerField(default=0)
+    original_duration_hours = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -358,16 +368,26 @@ class Allocation(models.Model):
         CONFIRMED = "confirmed"
         RUNNING = "running"
         COMPLETED = "completed"
-        RELEASED = "released"  # cancelled, rejected or re-matched: its slots went back on sale
+        RELEASED = "released"  # cancelled, rejected or re-matched before it started
+        INTERRUPTED = "interrupted"  # the supplier failed while it ran; the rest was re-matched
+
+    ACTIVE = (Status.PENDING_REVIEW, Status.CONFIRMED, Status.RUNNING)
 
     order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="allocations")
     supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="supplied_allocations")
+    kind = models.CharField(max_length=12, choices=Order.Kind.choices, default=Order.Kind.CARD_HOURS)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIRMED)
     start_hour = models.IntegerField()
     end_hour = models.IntegerField()
     cards = models.PositiveSmallIntegerField()
     price_per_card_hour = models.DecimalField(**PRICE)
     price_rule = models.CharField(max_length=40, blank=True)
+    # Token allocations: the endpoint's per-million-token prices the buyer pays.
+    price_input_hit_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    price_input_miss_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    # Hours actually delivered when an allocation was interrupted (end of service).
+    delivered_end_hour = models.IntegerField(null=True, blank=True)
     round_id = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -377,6 +397,10 @@ class Allocation(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(end_hour__gt=F("start_hour")), name="allocation_hours_positive"),
             models.CheckConstraint(condition=Q(price_per_card_hour__gt=0), name="allocation_price_positive"),
+            # An order holds at most one live card-hour allocation: a round retried or raced
+            # can never match it twice.
+            models.UniqueConstraint(fields=["order"], condition=Q(status__in=["pending_review", "confirmed", "running"]),
+                                    name="allocation_one_live_per_order"),
         ]
 
     def __str__(self) -> str:

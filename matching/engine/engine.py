@@ -28,12 +28,19 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
     n_list, n_orders = supply.size, demand.size
     if n_list == 0 or n_orders == 0:
         return EngineResult()
+    # Renumber listings in (chip, ask, id) order: walking a chip's listings cheapest first then
+    # reads every per-listing array sequentially, which is what makes the walk fast.
+    layout = np.lexsort((supply.listing_id, supply.chip)) if baseline else \
+        np.lexsort((supply.listing_id, supply.ask, supply.chip))
+    supply = _permute(supply, layout)
     n_chips = int(max(supply.chip.max(), demand.opt_chip.max() if demand.opt_chip.size else 0)) + 1
     n_regions = demand.allowed.shape[1]
 
     # Listings by chip (cheapest first; the baseline takes them in id order), and by (chip, region).
     sort_keys = (supply.listing_id, supply.chip) if baseline else (supply.listing_id, supply.ask, supply.chip)
     chip_list = _i64(np.lexsort(sort_keys))
+    if not np.array_equal(chip_list, np.arange(n_list)):  # the kernel's pointers rely on this layout
+        raise RuntimeError("supply is not laid out in chip-list order")
     chip_ptr = _index(supply.chip[chip_list], n_chips)
     cell_key = _i64(supply.chip) * n_regions + supply.region
     cell_list = _i64(np.lexsort((supply.listing_id, supply.ask, cell_key)))
@@ -91,12 +98,20 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
     n_parts = greedy_match(
         _i64(order_seq), demand.bid, o["duration"], o["earliest"], o["latest_end"], o["interconnects"],
         o["placement"], o["rule"], o["opt_ptr"], o["opt_chip"], o["opt_cards"], opt_first, demand.allowed, chip_ptr,
-        chip_list, cell_ptr, cell_list, rr_ptr, rr_list, supply.ask, l_region, l_ic, l_min_cards, l_min_hours, free,
-        fab_ptr, fab_sorted, chip_fab_ptr, chip_fabs, int(round(params.fit_band * 1_000_000)), MAX_BAND_CANDIDATES,
+        chip_list, cell_ptr, cell_list, rr_ptr, rr_list, supply.ask, l_region, l_ic, l_min_cards, l_min_hours,
+        _i64(supply.chip), free, fab_ptr, fab_sorted, chip_fab_ptr, chip_fabs, int(round(params.fit_band * 1_000_000)), MAX_BAND_CANDIDATES,
         baseline, excl, out_start, out_opt, part_order, part_listing, part_cards)
 
     return _result(supply, demand, params, out_start, part_order[:n_parts], part_listing[:n_parts],
                    part_cards[:n_parts], price=not baseline)
+
+
+def _permute(supply: SupplyBook, layout: np.ndarray) -> SupplyBook:
+    fields = {name: getattr(supply, name)[layout] for name in (
+        "listing_id", "node_id", "supplier", "chip", "region", "interconnect", "fabric", "ask", "min_cards",
+        "min_hours", "free")}
+    bucket = supply.price_bucket[layout] if supply.price_bucket is not None else None
+    return SupplyBook(h0=supply.h0, price_bucket=bucket, **fields)
 
 
 def _priority(demand: DemandBook, best: np.ndarray, second: np.ndarray) -> np.ndarray:

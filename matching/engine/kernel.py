@@ -241,16 +241,66 @@ def _search_cells(o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, 
 
 
 @njit(cache=True)
-def _take(l, start, dur, cards, free, l_max):
-    for j in range(start, start + dur):
-        free[l, j] -= cards
+def _first_free_init(free, chip_ptr, n_thresholds):
+    """``ff[chip, h, t]``: first listing (in chip order) with at least ``t`` cards free at hour
+    ``h``; the chip's end if none. Listings are laid out by chip, cheapest first."""
+    n_chips = chip_ptr.shape[0] - 1
+    horizon = free.shape[1]
+    ff = np.empty((n_chips, horizon, n_thresholds + 1), dtype=np.int64)
+    for chip in range(n_chips):
+        lo, end = chip_ptr[chip], chip_ptr[chip + 1]
+        for h in range(horizon):
+            p = lo
+            ff[chip, h, 0] = lo
+            for t in range(1, n_thresholds + 1):
+                while p < end and free[p, h] < t:
+                    p += 1
+                ff[chip, h, t] = p
+    return ff
+
+
+@njit(cache=True)
+def _start_bound(ff, chip, cards, e, lt, dur, end):
+    """No listing before this position can hold ``cards`` for ``dur`` hours inside [e, lt):
+    every run needs ``cards`` free at each of its hours, so a listing must come at or after the
+    pointer of every hour of some run."""
+    if cards >= ff.shape[2]:
+        return end
+    best = end
+    for s in range(e, lt - dur + 1):
+        worst = 0
+        for h in range(s, s + dur):
+            v = ff[chip, h, cards]
+            if v > worst:
+                worst = v
+                if worst >= best:
+                    break
+        if worst < best:
+            best = worst
+    return best
+
+
+@njit(cache=True)
+def _take(l, chip, start, dur, cards, free, l_max, ff, chip_end):
+    """Sell ``cards`` on listing ``l`` for ``dur`` hours from ``start``; keep the pointers right."""
+    n_t = ff.shape[2] - 1
+    for h in range(start, start + dur):
+        before = free[l, h]
+        after = before - cards
+        free[l, h] = after
+        for t in range(after + 1, min(before, n_t) + 1):
+            if ff[chip, h, t] == l:
+                p = l + 1
+                while p < chip_end and free[p, h] < t:
+                    p += 1
+                ff[chip, h, t] = p
     l_max[l] = _row_max(free[l])
 
 
 @njit(cache=True)
 def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_ptr, opt_chip, opt_cards, opt_first,
                  allowed, chip_ptr, chip_list, cell_ptr, cell_list, rr_ptr, rr_list, l_ask, l_region, l_ic,
-                 l_min_cards, l_min_hours, free, fab_ptr, fab_members, chip_fab_ptr, chip_fabs, band_ppm,
+                 l_min_cards, l_min_hours, l_chip, free, fab_ptr, fab_members, chip_fab_ptr, chip_fabs, band_ppm,
                  max_band_candidates, first_fit, excl, out_start, out_opt, part_order, part_listing, part_cards):
     """Allocate in place (``free`` is decremented); returns the number of parts written.
 
@@ -261,8 +311,11 @@ def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_
     n_list = free.shape[0]
     n_regions = allowed.shape[1]
     l_max = np.empty(n_list, dtype=np.int64)
+    top = 0
     for l in range(n_list):
         l_max[l] = _row_max(free[l])
+        top = max(top, l_max[l])
+    ff = _first_free_init(free, chip_ptr, top)
     n_parts = 0
     best_parts_l = np.empty(64, dtype=np.int64)
     best_parts_c = np.empty(64, dtype=np.int64)
@@ -295,8 +348,9 @@ def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_
                     n_regions, l_ask, l_region, l_ic, l_min_cards, l_min_hours, l_max, free, allowed, excl, band_ppm,
                     max_band_candidates)
             else:
+                first = max(opt_first[k], _start_bound(ff, chip, cards, e, lt, dur, chip_ptr[chip + 1]))
                 cand_l, cand_start, cand_left, cand_ask = _search_chip(
-                    o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, opt_first[k], chip_ptr, chip_list,
+                    o, chip, cards, bid, dur, e, lt, rule, ic_mask, best_surplus, first, chip_ptr, chip_list,
                     l_ask, l_region, l_ic, l_min_cards, l_min_hours, l_max, free, allowed, excl, band_ppm,
                     max_band_candidates, first_fit)
             if cand_l != NO_LISTING:
@@ -305,7 +359,8 @@ def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_
                     best_l, best_opt, best_start, best_surplus, best_left = cand_l, k, cand_start, surplus, cand_left
 
         if best_l != NO_LISTING:
-            _take(best_l, best_start, dur, opt_cards[best_opt], free, l_max)
+            _take(best_l, l_chip[best_l], best_start, dur, opt_cards[best_opt], free, l_max, ff,
+                  chip_ptr[l_chip[best_l] + 1])
             out_start[o] = best_start
             out_opt[o] = best_opt
             part_order[n_parts] = o
@@ -367,7 +422,8 @@ def greedy_match(order_seq, o_bid, o_dur, o_e, o_lt, o_ic, o_place, o_rule, opt_
             out_start[o] = best_start
             out_opt[o] = best_opt
             for q in range(best_n):
-                _take(best_parts_l[q], best_start, dur, best_parts_c[q], free, l_max)
+                m = best_parts_l[q]
+                _take(m, l_chip[m], best_start, dur, best_parts_c[q], free, l_max, ff, chip_ptr[l_chip[m] + 1])
                 part_order[n_parts] = o
                 part_listing[n_parts] = best_parts_l[q]
                 part_cards[n_parts] = best_parts_c[q]
