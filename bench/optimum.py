@@ -127,6 +127,8 @@ def _matrix(supply, demand, cols):
 def milp_optimum(supply: SupplyBook, demand: DemandBook, time_limit: float = 300.0) -> dict:
     t0 = time.perf_counter()
     cols = all_columns(supply, demand)
+    if cols[0].size == 0:  # nobody can be served: the optimum is to match nothing
+        return {"welfare": 0.0, "bound": 0.0, "columns": 0, "seconds": time.perf_counter() - t0, "status": "empty"}
     a, upper, _ = _matrix(supply, demand, cols)
     profit = cols[4].astype(float)
     res = milp(-profit, constraints=LinearConstraint(a, -np.inf, upper), integrality=np.ones(profit.size),

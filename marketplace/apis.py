@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.idempotency import idempotent
+from config.api.jsonable import jsonable
 from config.errors import ValidationFailed
 
 from . import selectors, services
@@ -300,8 +301,16 @@ class NodeDetailApi(APIView):
     def patch(self, request, node_id: int):
         actor = actor_for_request(request)
         actor.require_write()
+        org = actor.require_organisation()
         data = _validated(self.NodeDetailInput, request.data)
-        node = services.node_update(organisation=actor.require_organisation(), node_id=node_id, **data)
+        if data.get("status") == Node.Status.FAILED:
+            # A failure is more than a status: unfinished work on the node is re-matched.
+            from matching.services import node_fail
+
+            node_fail(node_id=node_id, organisation=org, reason="marked failed by the supplier",
+                      reported_by_id=actor.user_id)
+            data.pop("status")
+        node = services.node_update(organisation=org, node_id=node_id, **data)
         return Response(NodeOutput(node).data)
 
 
@@ -562,16 +571,4 @@ class QuoteApi(APIView):
             quote = selectors.quote_card_hours(organisation=org, demand=serializer.to_demand(data))
         else:
             quote = selectors.quote_tokens(organisation=org, demand=serializer.to_demand(data))
-        return Response(serializers.JSONField().to_representation(_jsonable(quote)))
-
-
-def _jsonable(value):
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
-    return value
+        return Response(jsonable(quote))

@@ -207,3 +207,21 @@ def region_rule(*, policy: str, allowed_codes: list[str], home_region: Region | 
     own = region_info(home_region, by_id).province if home_region is not None else None
     return RegionRule(policy=policy, allowed=frozenset(allowed_codes), own_province=own,
                       center=(lat, lon) if lat is not None and lon is not None else None, radius_km=radius_km)
+
+
+def demand_from_order(order: Order) -> CardHoursDemand:
+    """The card-hours demand an existing order stands for (what it was created from)."""
+    options = list(order.chip_options.select_related("chip"))
+    common = dict(
+        duration_hours=order.duration_hours, earliest_start=order.earliest_start, latest_end=order.latest_end,
+        max_price_per_card_hour=order.max_price_per_card_hour, placement=order.placement or Order.Placement.SINGLE_NODE,
+        interconnects=list(order.interconnects or []),
+        region=RegionPolicySpec(policy=order.region_policy, regions=[r.code for r in order.allowed_regions.all()],
+                                lat=order.center_lat, lon=order.center_lon, radius_km=order.radius_km),
+    )
+    if order.chip_rule == Order.ChipRule.MODEL and order.fit_model_id:
+        return CardHoursDemand(model=order.fit_model.name, precision=order.fit_precision,
+                               weights_only=order.fit_weights_only, cards=order.cards, **common)
+    if order.chip_rule == Order.ChipRule.MIN_MEMORY:
+        return CardHoursDemand(min_memory_gb=order.min_memory_gb, cards=order.cards, **common)
+    return CardHoursDemand(chips=[o.chip.code for o in options], cards=order.cards or options[0].cards, **common)

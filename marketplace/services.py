@@ -95,10 +95,11 @@ def node_create(*, organisation: Organisation, name: str, chip_code: str, card_c
         raise ValidationFailed.on("name", f"You already have a node named {name!r}.")
 
 
+# Failing a node is matching.services.node_fail (it re-matches the node's unfinished work).
 NODE_TRANSITIONS = {
-    Node.Status.ACTIVE: {Node.Status.DRAINING, Node.Status.OFFLINE, Node.Status.FAILED},
-    Node.Status.DRAINING: {Node.Status.ACTIVE, Node.Status.OFFLINE, Node.Status.FAILED},
-    Node.Status.OFFLINE: {Node.Status.ACTIVE, Node.Status.FAILED},
+    Node.Status.ACTIVE: {Node.Status.DRAINING, Node.Status.OFFLINE},
+    Node.Status.DRAINING: {Node.Status.ACTIVE, Node.Status.OFFLINE},
+    Node.Status.OFFLINE: {Node.Status.ACTIVE},
     Node.Status.FAILED: {Node.Status.ACTIVE, Node.Status.OFFLINE},
 }
 
@@ -258,6 +259,7 @@ def order_create_card_hours(*, organisation: Organisation, demand: CardHoursDema
                                              for o in resolved.options])
         if resolved.regions:
             order.allowed_regions.set(resolved.regions)
+        _after_commit_request_matching(order.pk)
         return order
 
 
@@ -278,7 +280,18 @@ def order_create_tokens(*, organisation: Organisation, demand: TokensDemand, wor
         )
         if regions:
             order.allowed_regions.set(regions)
+        _after_commit_request_matching(order.pk)
         return order
+
+
+def _after_commit_request_matching(order_id: int) -> None:
+    """Once the order is committed, ask the matching engine to look at it soon."""
+    from django.conf import settings
+
+    if settings.SANDUISAN.get("AUTO_MATCH"):
+        from matching.tasks import order_arrived
+
+        transaction.on_commit(lambda: order_arrived.delay(order_id))
 
 
 CANCELLABLE = {Order.Status.OPEN, Order.Status.MATCHED}

@@ -120,6 +120,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "orders-expire": {"task": "marketplace.orders_expire", "schedule": 300.0},
+    "matching-rounds": {"task": "matching.run_all_rounds", "schedule": 60.0},
 }
 
 REST_FRAMEWORK = {
@@ -170,6 +171,9 @@ SANDUISAN = {
     "MODEL_FIT_OVERHEAD": os.environ.get("SANDUISAN_MODEL_FIT_OVERHEAD", "0.20"),
     # Idempotency records are kept this long (hours).
     "IDEMPOTENCY_TTL_HOURS": 24,
+    # New orders ask for a matching round this many seconds later (debounced per bucket).
+    "AUTO_MATCH": os.environ.get("SANDUISAN_AUTO_MATCH", "1") == "1",
+    "ROUND_DEBOUNCE_SECONDS": 2,
 }
 
 LOGGING = {

@@ -14,3 +14,6 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only; never in prod
 DEBUG = False
+
+# Unit tests drive matching rounds explicitly; integration tests switch automatic rounds on.
+SANDUISAN = {**SANDUISAN, "AUTO_MATCH": False}  # noqa: F405

@@ -103,7 +103,7 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
         baseline, excl, out_start, out_opt, part_order, part_listing, part_cards)
 
     return _result(supply, demand, params, out_start, part_order[:n_parts], part_listing[:n_parts],
-                   part_cards[:n_parts], price=not baseline)
+                   part_cards[:n_parts])
 
 
 def _permute(supply: SupplyBook, layout: np.ndarray) -> SupplyBook:
@@ -127,7 +127,7 @@ def _priority(demand: DemandBook, best: np.ndarray, second: np.ndarray) -> np.nd
     return candidates[seq]
 
 
-def _result(supply, demand, params, out_start, part_order, part_listing, part_cards, *, price: bool) -> EngineResult:
+def _result(supply, demand, params, out_start, part_order, part_listing, part_cards) -> EngineResult:
     if part_order.size == 0:
         return EngineResult()
     # The kernel writes an order's parts together, so each match is a contiguous run of parts.
@@ -145,6 +145,5 @@ def _result(supply, demand, params, out_start, part_order, part_listing, part_ca
         part_ptr=_i64(np.r_[starts, part_order.size]), part_listing_id=supply.listing_id[part_listing],
         part_cards=part_cards.copy(),
     )
-    if price:
-        apply_price_rule(params.price_rule, result)
+    apply_price_rule(params.price_rule, result)
     return result

@@ -1,0 +1,136 @@
+"""Matching reads: why an order is not matched yet, and review queues. Scoped to the caller."""
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+from django.db.models import QuerySet
+
+from config.api.jsonable import jsonable
+from config.errors import ApplicationError
+from marketplace.demand import RegionPolicySpec, demand_from_order
+from marketplace.models import Allocation, ChipType, Listing, Node, Order, Organisation
+from marketplace.selectors import order_get, quote_card_hours
+
+from .models import MatchReview, MatchRound
+
+NO_PRICE_LIMIT = Decimal("100000")
+
+
+def review_list(*, status: str | None = None) -> QuerySet[MatchReview]:
+    """Platform admins only (the API checks)."""
+    reviews = MatchReview.objects.select_related("allocation", "allocation__order", "allocation__supplier",
+                                                 "decided_by")
+    return reviews.filter(status=status) if status else reviews
+
+
+def round_list() -> QuerySet[MatchRound]:
+    return MatchRound.objects.all()
+
+
+def order_explain(*, organisation: Organisation, order_id: int) -> dict:
+    """Why an open order is not matched yet, and the nearest alternatives that would match.
+
+    Reasons, in the order they are checked: ``waiting_for_review``; ``no_chip_fits`` (nothing of an
+    acceptable chip is on sale); ``no_supply_in_allowed_regions``; ``interconnect_unavailable``;
+    ``capacity_taken`` (it would fit in the window if the sold slots were free) or
+    ``no_capacity_in_window``; ``price_gap`` (best feasible ask X against the bid Y); otherwise
+    ``matchable`` (it is in the money and the next round should match it).
+    """
+    order = order_get(organisation=organisation, order_id=order_id)
+    out = {"order": order.pk, "status": order.status, "reasons": [], "alternatives": []}
+    if order.status != Order.Status.OPEN:
+        out["reasons"].append({"code": "not_open", "message": f"The order is {order.status}."})
+        return out
+    if order.kind == Order.Kind.TOKENS:
+        return _explain_tokens(order, out)
+    pending = order.allocations.filter(status=Allocation.Status.PENDING_REVIEW).select_related("review").first()
+    if pending is not None:
+        out["reasons"].append({"code": "waiting_for_review",
+                               "message": "A match was found and is waiting for a platform admin's review.",
+                               "flags": getattr(getattr(pending, "review", None), "reasons", [])})
+        return out
+
+    try:
+        demand = demand_from_order(order)
+        quote = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
+            demand, max_price_per_card_hour=NO_PRICE_LIMIT))
+    except ApplicationError as exc:
+        out["reasons"].append({"code": "window_closed", "message": exc.message})
+        return out
+
+    chips = [o.chip_id for o in order.chip_options.all()]
+    on_sale = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
+                                     node__status=Node.Status.ACTIVE, end__gt=order.earliest_start)
+    bid = order.max_price_per_card_hour
+    if quote["offers"] == 0:
+        if not on_sale.filter(node__chip_id__in=chips).exists():
+            out["reasons"].append({"code": "no_chip_fits", "message": "No acceptable chip is on sale in your window."})
+        elif not _any_in_regions(order, organisation, demand):
+            out["reasons"].append({"code": "no_supply_in_allowed_regions",
+                                   "message": "Acceptable chips are on sale, but not where your order may run."})
+        elif order.interconnects and not on_sale.filter(node__chip_id__in=chips,
+                                                       node__interconnect__in=order.interconnects).exists():
+            out["reasons"].append({"code": "interconnect_unavailable",
+                                   "message": f"No acceptable node has {' or '.join(order.interconnects)}."})
+        else:
+            out["reasons"].append({"code": "capacity_taken",
+                                   "message": "Nodes that fit are sold out for long enough runs in your window."})
+    elif quote["best_price"] > bid:
+        out["reasons"].append({"code": "price_gap", "best_feasible_ask": str(quote["best_price"]), "bid": str(bid),
+                               "message": f"The best feasible ask is {quote['best_price']} against your bid {bid}."})
+        out["alternatives"].append({"kind": "price", "max_price_per_card_hour": str(quote["best_price"]),
+                                    "offer": jsonable(quote["best_offer"])})
+    else:
+        out["reasons"].append({"code": "matchable", "message": "Feasible offers are within your price; the next "
+                                                                "matching round should match it."})
+        return out
+    out["alternatives"].extend(_alternatives(order, organisation, demand, bid))
+    return out
+
+
+def _any_in_regions(order, organisation, demand) -> bool:
+    relaxed = dataclasses.replace(demand, max_price_per_card_hour=NO_PRICE_LIMIT, interconnects=[])
+    return quote_card_hours(organisation=organisation, demand=relaxed)["offers"] > 0 or \
+        order.region_policy == "anywhere"
+
+
+def _alternatives(order: Order, organisation: Organisation, demand, bid: Decimal) -> list[dict]:
+    out = []
+    if order.region_policy != "anywhere":
+        wider = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
+            demand, region=RegionPolicySpec(), max_price_per_card_hour=NO_PRICE_LIMIT))
+        if wider["best_offer"]:
+            out.append({"kind": "wider_region", "region": {"policy": "anywhere"}, "offer": jsonable(wider["best_offer"])})
+    options = list(order.chip_options.select_related("chip"))
+    memory = min((o.chip.memory_gb or 0) for o in options) if options else 0
+    if memory:
+        others = [c.code for c in ChipType.objects.filter(memory_gb__gte=memory)
+                  .exclude(pk__in=[o.chip_id for o in options])]
+        if others:
+            other = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
+                demand, chips=others, min_memory_gb=None, model=None, cards=min(o.cards for o in options),
+                max_price_per_card_hour=NO_PRICE_LIMIT))
+            if other["best_offer"]:
+                out.append({"kind": "other_chip", "chips": others, "offer": jsonable(other["best_offer"])})
+    if demand.interconnects:
+        any_ic = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
+            demand, interconnects=[], max_price_per_card_hour=NO_PRICE_LIMIT))
+        if any_ic["best_offer"]:
+            out.append({"kind": "any_interconnect", "offer": jsonable(any_ic["best_offer"])})
+    return out
+
+
+def _explain_tokens(order: Order, out: dict) -> dict:
+    endpoints = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model=order.token_model,
+                                       node__status=Node.Status.ACTIVE)
+    if not endpoints.exists():
+        out["reasons"].append({"code": "no_endpoint_for_model",
+                               "message": f"No endpoint serves {order.token_model.name} right now."})
+    else:
+        cheapest = endpoints.order_by("price_output_per_m").first()
+        out["reasons"].append({"code": "price_or_region",
+                               "message": "Endpoints serve the model, but none within all your price limits and "
+                                          "region policy.",
+                               "cheapest_output_per_m": str(cheapest.price_output_per_m)})
+    return out

@@ -1,0 +1,435 @@
+"""Matching writes: running and persisting rounds, reviewing flagged matches, supplier failures.
+
+Lock order (the same as marketplace.services, so nothing deadlocks):
+    node (FOR SHARE here; FOR UPDATE when it fails) -> order -> allocation -> listing-hours by
+    (listing_id, hour).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+import numpy as np
+from django.db import connection, transaction
+from django.utils import timezone
+
+from config.errors import InvalidTransition, NotFound, ValidationFailed
+from marketplace.demand import region_info
+from marketplace.hours import current_hour_index, hour_index, hour_start
+from marketplace.models import (Allocation, AllocationPart, Listing, ListingHour, Node, Order, Organisation,
+                                Region)
+from marketplace.services import _allocation_release_locked
+
+from .engine.engine import run_engine
+from .engine.geo import RegionRule
+from .engine.types import EngineParams, EngineResult, from_micro
+from .models import FailureImpact, MatchReview, MatchRound, NodeFailure, RejectedPairing, ReviewPolicy
+from .snapshot import load_snapshot
+
+TOKENS_BUCKET = "tokens"
+
+
+@dataclass
+class RoundOutcome:
+    round_id: str
+    bucket: str
+    status: str
+    matches: int = 0
+    flagged: int = 0
+    skipped_stale: int = 0
+    replayed: bool = False
+
+
+def review_policy_current() -> ReviewPolicy:
+    return ReviewPolicy.objects.order_by("-pk").first() or ReviewPolicy()
+
+
+# --- rounds -----------------------------------------------------------------------------------
+
+def round_run(*, bucket: str, round_id: str | None = None, price_rule: str | None = None,
+              now=None, pause_before_commit: float = 0.0) -> RoundOutcome:
+    """Load a snapshot of ``bucket``, run the engine and persist the result atomically.
+
+    Idempotent by ``round_id``: a round that already committed is not run again (a retried or
+    redelivered task is a no-op). ``pause_before_commit`` exists for the crash test only.
+    """
+    round_id = round_id or f"{bucket}:{uuid.uuid4().hex}"
+    if MatchRound.objects.filter(round_id=round_id).exists():
+        done = MatchRound.objects.get(round_id=round_id)
+        return RoundOutcome(round_id, bucket, done.status, done.matches, done.flagged, done.skipped_stale, True)
+    if bucket == TOKENS_BUCKET:
+        return _token_round(round_id=round_id, now=now)
+    t0 = time.perf_counter()
+    snapshot = load_snapshot(bucket, now=now)
+    t1 = time.perf_counter()
+    params = EngineParams(excluded_pairs=snapshot.excluded_pairs, price_rule=price_rule or EngineParams.price_rule)
+    result = run_engine(snapshot.supply, snapshot.demand, params)
+    t2 = time.perf_counter()
+    outcome = round_persist(round_id=round_id, bucket=bucket, result=result, price_rule=params.price_rule,
+                            orders_considered=snapshot.demand.size, listings_considered=snapshot.supply.size,
+                            timings=(t1 - t0, t2 - t1), pause_before_commit=pause_before_commit)
+    return outcome
+
+
+def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rule: str, orders_considered: int = 0,
+                  listings_considered: int = 0, timings: tuple[float, float] = (0.0, 0.0),
+                  pause_before_commit: float = 0.0) -> RoundOutcome:
+    """Write an engine result in one transaction: allocations, their parts, sold slots, order
+    states and reviews all commit together or not at all.
+
+    Everything the engine assumed is re-checked under locks, because other rounds, buyers and
+    suppliers may have acted since the snapshot: nodes are taken FOR SHARE, orders FOR UPDATE
+    SKIP LOCKED (an order another round holds is simply left for later), then the touched
+    listing-hours FOR UPDATE in (listing_id, hour) order. A match that no longer fits is dropped;
+    its order stays open for the next round.
+    """
+    t_start = time.perf_counter()
+    matches = result.count
+    with transaction.atomic():
+        if MatchRound.objects.select_for_update().filter(round_id=round_id).exists():
+            done = MatchRound.objects.get(round_id=round_id)
+            return RoundOutcome(round_id, bucket, done.status, done.matches, done.flagged, done.skipped_stale, True)
+        if matches == 0:
+            MatchRound.objects.create(round_id=round_id, bucket=bucket, status=MatchRound.Status.EMPTY,
+                                      price_rule=price_rule, orders_considered=orders_considered,
+                                      listings_considered=listings_considered, load_ms=int(timings[0] * 1000),
+                                      engine_ms=int(timings[1] * 1000))
+            return RoundOutcome(round_id, bucket, MatchRound.Status.EMPTY)
+
+        part_listing = result.part_listing_id
+        listing_rows = {row[0]: row for row in Listing.objects.filter(pk__in=np.unique(part_listing).tolist())
+                        .values_list("pk", "node_id", "organisation_id", "status", "ask_per_card_hour")}
+        node_ids = sorted({row[1] for row in listing_rows.values()})
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id, status, region_id FROM marketplace_node WHERE id = ANY(%s) "
+                           "ORDER BY id FOR SHARE", [node_ids])
+            node_rows = {r[0]: r for r in cursor.fetchall()}
+            cursor.execute(
+                "SELECT o.id FROM marketplace_order o WHERE o.id = ANY(%s) AND o.status = 'open' AND NOT EXISTS ("
+                " SELECT 1 FROM marketplace_allocation a WHERE a.order_id = o.id AND a.status = ANY(%s))"
+                " ORDER BY o.id FOR UPDATE SKIP LOCKED",
+                [result.order_id.tolist(), list(Allocation.ACTIVE)])
+            lockable = {r[0] for r in cursor.fetchall()}
+            # Listing-hours every match touches, locked in (listing_id, hour) order.
+            cells_l, cells_h = _touched_cells(result)
+            cursor.execute(
+                "SELECT lh.id, lh.listing_id, lh.hour, lh.cards_offered - lh.cards_sold FROM marketplace_listinghour lh"
+                " JOIN unnest(%s::bigint[], %s::int[]) AS t(listing_id, hour)"
+                " ON lh.listing_id = t.listing_id AND lh.hour = t.hour"
+                " ORDER BY lh.listing_id, lh.hour FOR UPDATE OF lh",
+                [cells_l.tolist(), cells_h.tolist()])
+            cell_rows = cursor.fetchall()
+        cell_id = {(l, h): pk for pk, l, h, _ in cell_rows}
+        remaining = {(l, h): free for _, l, h, free in cell_rows}
+
+        accepted: list[int] = []
+        sold: dict[int, int] = defaultdict(int)
+        for i in range(matches):
+            order_id = int(result.order_id[i])
+            lo, hi = int(result.part_ptr[i]), int(result.part_ptr[i + 1])
+            parts = [(int(result.part_listing_id[p]), int(result.part_cards[p])) for p in range(lo, hi)]
+            hours = range(int(result.start_hour[i]), int(result.end_hour[i]))
+            ok = order_id in lockable and all(
+                l in listing_rows and listing_rows[l][3] == Listing.Status.ACTIVE
+                and node_rows.get(listing_rows[l][1], (0, ""))[1] == Node.Status.ACTIVE
+                and all(remaining.get((l, h), -1) >= c for h in hours) for l, c in parts)
+            if not ok:
+                continue
+            for l, c in parts:
+                for h in hours:
+                    remaining[(l, h)] -= c
+                    sold[cell_id[(l, h)]] += c
+            accepted.append(i)
+
+        flags = _review_flags(result, accepted, listing_rows, node_rows)
+        now = timezone.now()
+        allocations = []
+        for i in accepted:
+            first_listing = listing_rows[int(result.part_listing_id[result.part_ptr[i]])]
+            allocations.append(Allocation(
+                order_id=int(result.order_id[i]), supplier_id=first_listing[2], kind=Order.Kind.CARD_HOURS,
+                status=Allocation.Status.PENDING_REVIEW if flags.get(i) else Allocation.Status.CONFIRMED,
+                start_hour=int(result.start_hour[i]), end_hour=int(result.end_hour[i]), cards=int(result.cards[i]),
+                price_per_card_hour=from_micro(int(result.price[i])), price_rule=result.price_rule,
+                round_id=round_id, created_at=now, updated_at=now))
+        Allocation.objects.bulk_create(allocations, batch_size=5000)
+        parts = []
+        for allocation, i in zip(allocations, accepted):
+            for p in range(int(result.part_ptr[i]), int(result.part_ptr[i + 1])):
+                listing = listing_rows[int(result.part_listing_id[p])]
+                parts.append(AllocationPart(allocation_id=allocation.pk, listing_id=listing[0], node_id=listing[1],
+                                            cards=int(result.part_cards[p])))
+        AllocationPart.objects.bulk_create(parts, batch_size=5000)
+        reviews = [MatchReview(allocation_id=a.pk, reasons=flags[i]) for a, i in zip(allocations, accepted)
+                   if flags.get(i)]
+        MatchReview.objects.bulk_create(reviews, batch_size=5000)
+        with connection.cursor() as cursor:
+            if sold:
+                cursor.execute(
+                    "UPDATE marketplace_listinghour lh SET cards_sold = lh.cards_sold + t.n"
+                    " FROM unnest(%s::bigint[], %s::int[]) AS t(id, n) WHERE lh.id = t.id",
+                    [list(sold.keys()), list(sold.values())])
+            confirmed = [int(result.order_id[i]) for i in accepted if not flags.get(i)]
+            if confirmed:
+                cursor.execute("UPDATE marketplace_order SET status = 'matched', updated_at = %s WHERE id = ANY(%s)",
+                               [now, confirmed])
+        if pause_before_commit:
+            time.sleep(pause_before_commit)
+        welfare = sum(int(result.surplus[i]) for i in accepted)
+        MatchRound.objects.create(
+            round_id=round_id, bucket=bucket, status=MatchRound.Status.COMMITTED, price_rule=price_rule,
+            orders_considered=orders_considered, listings_considered=listings_considered, matches=len(accepted),
+            flagged=len(reviews), skipped_stale=matches - len(accepted), welfare=from_micro(welfare),
+            load_ms=int(timings[0] * 1000), engine_ms=int(timings[1] * 1000),
+            persist_ms=int((time.perf_counter() - t_start) * 1000))
+    return RoundOutcome(round_id, bucket, MatchRound.Status.COMMITTED, len(accepted), len(reviews),
+                        matches - len(accepted))
+
+
+def _touched_cells(result: EngineResult) -> tuple[np.ndarray, np.ndarray]:
+    match_of_part = np.repeat(np.arange(result.count), np.diff(result.part_ptr))
+    duration = (result.end_hour - result.start_hour)[match_of_part]
+    listing = np.repeat(result.part_listing_id, duration)
+    offset = np.arange(int(duration.sum())) - np.repeat(np.cumsum(duration) - duration, duration)
+    hour = np.repeat(result.start_hour[match_of_part], duration) + offset
+    cells = np.unique(np.stack([listing, hour]), axis=1)
+    return cells[0], cells[1]
+
+
+def _review_flags(result: EngineResult, accepted: list[int], listing_rows: dict, node_rows: dict) -> dict[int, list]:
+    """Which accepted matches wait for an admin, and why (the policy in force)."""
+    policy = review_policy_current()
+    if not policy.enabled or not accepted:
+        return {}
+    supplier_ids = {listing_rows[int(result.part_listing_id[result.part_ptr[i]])][2] for i in accepted}
+    reliability = dict(Organisation.objects.filter(pk__in=supplier_ids).values_list("pk", "reliability"))
+    by_id = {r.pk: r for r in Region.objects.all()}
+    buyer_home = dict(Order.objects.filter(pk__in=[int(result.order_id[i]) for i in accepted])
+                      .values_list("pk", "organisation__home_region_id"))
+    flags: dict[int, list] = {}
+    for i in accepted:
+        reasons = []
+        hours = int(result.end_hour[i] - result.start_hour[i])
+        value = from_micro(int(result.price[i])) * int(result.cards[i]) * hours
+        if value > policy.value_threshold:
+            reasons.append({"code": "high_value", "message": f"worth {value} CNY, above {policy.value_threshold}"})
+        listing = listing_rows[int(result.part_listing_id[result.part_ptr[i]])]
+        if reliability.get(listing[2], Decimal(1)) < policy.min_supplier_reliability:
+            reasons.append({"code": "low_reliability",
+                            "message": f"supplier reliability {reliability[listing[2]]} below "
+                                       f"{policy.min_supplier_reliability}"})
+        home = buyer_home.get(int(result.order_id[i]))
+        if policy.flag_outside_buyer_country and home:
+            buyer_country = _country(by_id[home], by_id)
+            node_country = _country(by_id[node_rows[listing[1]][2]], by_id)
+            if buyer_country != node_country:
+                reasons.append({"code": "outside_buyer_country",
+                                "message": f"runs in {node_country}, the buyer is in {buyer_country}"})
+        if reasons:
+            flags[i] = reasons
+    return flags
+
+
+def _country(region: Region, by_id: dict[int, Region]) -> str:
+    while region.parent_id:
+        region = by_id[region.parent_id]
+    return region.code
+
+
+def _token_round(*, round_id: str, now=None) -> RoundOutcome:
+    """Token orders go to endpoints serving their model, cheapest expected cost first, within
+    the region policy and every one of the buyer's three price limits. Endpoints sell at their
+    posted prices (``posted``); they are not capacity-limited per order."""
+    from .engine.tokens import TokenEndpointOffer, TokenOrderSpec, match_tokens
+
+    now = now or timezone.now()
+    regions = list(Region.objects.all())
+    by_id = {r.pk: r for r in regions}
+    infos = {r.pk: region_info(r, by_id) for r in regions}
+    endpoints = [TokenEndpointOffer(listing_id=l.pk, model_id=l.token_model_id, region=infos[l.node.region_id],
+                                    input_hit=l.price_input_hit_per_m, input_miss=l.price_input_miss_per_m,
+                                    output=l.price_output_per_m)
+                 for l in Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=False,
+                                                 node__status=Node.Status.ACTIVE, end__gt=now).select_related("node")]
+    orders = list(Order.objects.filter(status=Order.Status.OPEN, kind=Order.Kind.TOKENS)
+                  .select_related("organisation").prefetch_related("allowed_regions").order_by("pk"))
+    specs = []
+    for o in orders:
+        home = by_id.get(o.organisation.home_region_id)
+        rule = RegionRule(policy=o.region_policy, allowed=frozenset(r.code for r in o.allowed_regions.all()),
+                          own_province=infos[home.pk].province if home else None,
+                          center=(o.center_lat, o.center_lon) if o.center_lat is not None else None,
+                          radius_km=o.radius_km)
+        specs.append(TokenOrderSpec(order_id=o.pk, model_id=o.token_model_id, rule=rule,
+                                    input_tokens=o.expected_input_tokens or 0, output_tokens=o.expected_output_tokens or 0,
+                                    cache_hit_ratio=o.expected_cache_hit_ratio or Decimal(0),
+                                    max_input_hit=o.max_price_input_hit_per_m, max_input_miss=o.max_price_input_miss_per_m,
+                                    max_output=o.max_price_output_per_m))
+    pairs = match_tokens(specs, endpoints)
+    count = 0
+    with transaction.atomic():
+        if MatchRound.objects.select_for_update().filter(round_id=round_id).exists():
+            return RoundOutcome(round_id, TOKENS_BUCKET, MatchRound.Status.COMMITTED, replayed=True)
+        listings = {l.pk: l for l in Listing.objects.filter(pk__in=[p[1] for p in pairs]).select_related("node")}
+        now_hour = current_hour_index(now)
+        for order_id, listing_id in sorted(pairs):
+            order = Order.objects.select_for_update(skip_locked=True).filter(pk=order_id,
+                                                                             status=Order.Status.OPEN).first()
+            listing = listings[listing_id]
+            if order is None or listing.status != Listing.Status.ACTIVE:
+                continue
+            allocation = Allocation.objects.create(
+                order=order, supplier_id=listing.organisation_id, kind=Order.Kind.TOKENS,
+                status=Allocation.Status.CONFIRMED, start_hour=now_hour,
+                end_hour=max(now_hour + 1, hour_index(listing.end)), cards=listing.cards,
+                price_per_card_hour=listing.ask_per_card_hour, price_rule="posted",
+                price_input_hit_per_m=listing.price_input_hit_per_m,
+                price_input_miss_per_m=listing.price_input_miss_per_m, price_output_per_m=listing.price_output_per_m,
+                round_id=round_id)
+            AllocationPart.objects.create(allocation=allocation, listing=listing, node_id=listing.node_id,
+                                          cards=listing.cards)
+            order.status = Order.Status.MATCHED
+            order.save(update_fields=["status", "updated_at"])
+            count += 1
+        MatchRound.objects.create(round_id=round_id, bucket=TOKENS_BUCKET,
+                                  status=MatchRound.Status.COMMITTED if count else MatchRound.Status.EMPTY,
+                                  price_rule="posted", orders_considered=len(specs),
+                                  listings_considered=len(endpoints), matches=count)
+    return RoundOutcome(round_id, TOKENS_BUCKET, MatchRound.Status.COMMITTED if count else MatchRound.Status.EMPTY,
+                        count)
+
+
+# --- review -----------------------------------------------------------------------------------
+
+def review_approve(*, review_id: int, admin_user_id: int, reason: str = "") -> MatchReview:
+    """Confirm a flagged match: the allocation stands and its order is matched."""
+    with transaction.atomic():
+        review = _review_for_decision(review_id)
+        order = Order.objects.select_for_update().get(pk=review.allocation.order_id)
+        allocation = Allocation.objects.select_for_update().get(pk=review.allocation_id)
+        if allocation.status != Allocation.Status.PENDING_REVIEW or order.status != Order.Status.OPEN:
+            raise InvalidTransition("This match is no longer waiting for review.")
+        allocation.status = Allocation.Status.CONFIRMED
+        allocation.save(update_fields=["status", "updated_at"])
+        order.status = Order.Status.MATCHED
+        order.save(update_fields=["status", "updated_at"])
+        return _decide(review, MatchReview.Status.APPROVED, admin_user_id, reason)
+
+
+def review_reject(*, review_id: int, admin_user_id: int, reason: str) -> MatchReview:
+    """Refuse a flagged match: its capacity goes back on sale, the order returns to the book, and
+    the engine never proposes this order on these listings again."""
+    if not reason or not reason.strip():
+        raise ValidationFailed.on("reason", "Say why the match is rejected.")
+    with transaction.atomic():
+        review = _review_for_decision(review_id)
+        order = Order.objects.select_for_update().get(pk=review.allocation.order_id)
+        if review.allocation.status != Allocation.Status.PENDING_REVIEW:
+            raise InvalidTransition("This match is no longer waiting for review.")
+        _allocation_release_locked(allocation_id=review.allocation_id)
+        RejectedPairing.objects.bulk_create(
+            [RejectedPairing(order=order, listing_id=p.listing_id, review=review)
+             for p in review.allocation.parts.all()], ignore_conflicts=True)
+        decided = _decide(review, MatchReview.Status.REJECTED, admin_user_id, reason)
+    transaction.on_commit(lambda: schedule_rounds_for_order(order_id=order.pk))
+    return decided
+
+
+def _review_for_decision(review_id: int) -> MatchReview:
+    review = MatchReview.objects.select_for_update().select_related("allocation").filter(pk=review_id).first()
+    if review is None:
+        raise NotFound("No such review.")
+    if review.status != MatchReview.Status.PENDING:
+        raise InvalidTransition(f"This match was already {review.status}.")
+    return review
+
+
+def _decide(review: MatchReview, status: str, admin_user_id: int, reason: str) -> MatchReview:
+    review.status = status
+    review.decided_by_id = admin_user_id
+    review.decided_at = timezone.now()
+    review.decision_reason = reason.strip()
+    review.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
+    return review
+
+
+# --- failure ----------------------------------------------------------------------------------
+
+def node_fail(*, node_id: int, organisation: Organisation | None = None, reason: str = "",
+              reported_by_id: int | None = None, now=None) -> NodeFailure:
+    """Mark a node failed and re-match what it had not yet delivered.
+
+    ``organisation`` scopes the call to the node's supplier (None: a platform admin). The node
+    delivered nothing from the hour it failed in. Every live allocation on it still running past
+    that hour is released from then on (on all its nodes: a job moves whole); an allocation that
+    had started is ``interrupted`` and its order is re-opened for the remaining hours, starting at
+    the next whole hour, its window stretched if needed; one that had not started is released and
+    its order re-opened as it was. Each is recorded as a ``FailureImpact`` for billing's credits.
+    """
+    now = now or timezone.now()
+    failed_hour = current_hour_index(now)
+    next_hour = failed_hour + 1
+    with transaction.atomic():
+        nodes = Node.objects.select_for_update().filter(pk=node_id)
+        if organisation is not None:
+            nodes = nodes.filter(organisation=organisation)
+        node = nodes.first()
+        if node is None:
+            raise NotFound("No such node.")
+        if node.status == Node.Status.FAILED:
+            raise InvalidTransition("The node is already marked failed.")
+        node.status = Node.Status.FAILED
+        node.save(update_fields=["status", "updated_at"])
+        failure = NodeFailure.objects.create(node=node, failed_hour=failed_hour, reason=reason[:2000],
+                                             reported_by_id=reported_by_id,
+                                             reported_by_supplier=organisation is not None)
+        affected = (Allocation.objects.filter(parts__node=node, status__in=Allocation.ACTIVE, end_hour__gt=failed_hour,
+                                              kind=Order.Kind.CARD_HOURS)
+                    .values_list("pk", "order_id").distinct().order_by("order_id", "pk"))
+        reopened = []
+        for allocation_id, order_id in affected:
+            order = Order.objects.select_for_update().get(pk=order_id)
+            allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
+            started = allocation.start_hour <= failed_hour
+            lost_from = max(allocation.start_hour, failed_hour)
+            FailureImpact.objects.create(failure=failure, allocation=allocation,
+                                         hours_lost=allocation.end_hour - lost_from, cards=allocation.cards,
+                                         started=started)
+            MatchReview.objects.filter(allocation=allocation, status=MatchReview.Status.PENDING).update(
+                status=MatchReview.Status.WITHDRAWN, decided_at=now, decision_reason="the node failed")
+            _allocation_release_locked(allocation_id=allocation.pk, from_hour=lost_from)
+            if started:
+                # Undelivered: the hour it failed in and every hour after it; redone from the next hour.
+                remaining = allocation.end_hour - failed_hour
+                Allocation.objects.filter(pk=allocation.pk).update(status=Allocation.Status.INTERRUPTED,
+                                                                   delivered_end_hour=failed_hour)
+                order.original_duration_hours = order.original_duration_hours or order.duration_hours
+                order.duration_hours = remaining
+                order.earliest_start = hour_start(next_hour)
+                order.latest_end = max(order.latest_end, hour_start(next_hour + remaining))
+            order.status = Order.Status.OPEN
+            order.rematch_count += 1
+            order.status_reason = f"re-matching after node failure {failure.pk}"
+            order.save()
+            reopened.append(order.pk)
+    transaction.on_commit(lambda: [schedule_rounds_for_order(order_id=pk) for pk in reopened])
+    return failure
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+def schedule_rounds_for_order(*, order_id: int) -> list[str]:
+    """Ask for a round soon in every bucket that could serve the order (debounced)."""
+    from .snapshot import buckets_for_order
+    from .tasks import schedule_round
+
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        return []
+    buckets = [TOKENS_BUCKET] if order.kind == Order.Kind.TOKENS else buckets_for_order(order)
+    for bucket in buckets:
+        schedule_round(bucket)
+    return buckets
