@@ -1,0 +1,227 @@
+"""Review, explain and failure paths through the API."""
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from marketplace.models import Allocation, ChipType, ListingHour, Node, Order, Region
+from matching import services
+from matching.models import FailureImpact, MatchReview, NodeFailure, RejectedPairing, ReviewPolicy
+
+from tests.factories import NodeFactory, make_listing
+from tests.marketplace.helpers import assert_error
+
+from .helpers import assert_calendar_consistent, post_order
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client():
+    user = get_user_model().objects.create_user(username="ops", password="pw-ops-123", is_staff=True)
+    client = APIClient()
+    client.force_authenticate(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def flagged(buyer_client):
+    """Two matches waiting for review: any match above 100 CNY is flagged."""
+    ReviewPolicy.objects.create(value_threshold=Decimal("100"))
+    listing = make_listing(NodeFactory(), ask="9")
+    alternative = make_listing(NodeFactory(), ask="9.5")
+    orders = [post_order(buyer_client), post_order(buyer_client)]
+    outcome = services.round_run(bucket="*:*")
+    assert outcome.flagged == 2
+    return {"orders": orders, "listing": listing, "alternative": alternative,
+            "reviews": list(MatchReview.objects.order_by("pk"))}
+
+
+def test_flagged_matches_wait_and_the_order_explains_it(buyer_client, flagged):
+    order = flagged["orders"][0]
+    assert Order.objects.get(pk=order.pk).status == "open"
+    assert Allocation.objects.get(order=order).status == "pending_review"
+    explain = buyer_client.get(f"/api/v1/orders/{order.pk}/explain").json()
+    assert explain["reasons"][0]["code"] == "waiting_for_review"
+    assert explain["reasons"][0]["flags"][0]["code"] == "high_value"
+    # the slots are held while the admin decides
+    assert sum(ListingHour.objects.values_list("cards_sold", flat=True)) == 2 * 4 * 3
+
+
+def test_admin_approves_and_rejects_with_a_recorded_reason(admin_client, flagged):
+    first, second = flagged["reviews"]
+    pending = admin_client.get("/api/v1/admin/reviews?status=pending").json()
+    assert {r["id"] for r in pending["results"]} == {first.pk, second.pk}
+
+    approved = admin_client.post(f"/api/v1/admin/reviews/{first.pk}/approve", {}, format="json")
+    assert approved.status_code == 200 and approved.json()["status"] == "approved"
+    assert approved.json()["decided_by"] == "ops"
+    assert Allocation.objects.get(pk=first.allocation_id).status == "confirmed"
+    assert Order.objects.get(pk=first.allocation.order_id).status == "matched"
+
+    assert_error(admin_client.post(f"/api/v1/admin/reviews/{second.pk}/reject", {}, format="json"), 400,
+                 field="reason")
+    rejected = admin_client.post(f"/api/v1/admin/reviews/{second.pk}/reject",
+                                 {"reason": "buyer failed KYC"}, format="json")
+    assert rejected.status_code == 200 and rejected.json()["decision_reason"] == "buyer failed KYC"
+    second.refresh_from_db()
+    assert second.status == "rejected" and second.decided_at is not None and second.decided_by_id == admin_client.user.pk
+    # rejection frees the capacity and returns the order to the book, never to be paired so again
+    assert Allocation.objects.get(pk=second.allocation_id).status == "released"
+    order = Order.objects.get(pk=second.allocation.order_id)
+    assert order.status == "open"
+    assert RejectedPairing.objects.filter(order=order, listing=flagged["listing"]).exists()
+    assert_calendar_consistent()
+    # a decision is final
+    assert_error(admin_client.post(f"/api/v1/admin/reviews/{second.pk}/approve", {}, format="json"), 409)
+    # the next round offers the order elsewhere (and flags that too, under this policy)
+    services.round_run(bucket="*:*")
+    again = Allocation.objects.exclude(pk=second.allocation_id).get(order=order)
+    assert again.parts.get().listing_id == flagged["alternative"].pk
+
+
+def test_review_endpoints_are_for_platform_admins_only(buyer_client, flagged):
+    review = flagged["reviews"][0]
+    assert buyer_client.get("/api/v1/admin/reviews").status_code == 403
+    assert buyer_client.post(f"/api/v1/admin/reviews/{review.pk}/approve", {}, format="json").status_code == 403
+    assert MatchReview.objects.get(pk=review.pk).status == "pending"
+
+
+def test_unflagged_matches_confirm_on_their_own(buyer_client):
+    make_listing(NodeFactory(), ask="9")
+    order = post_order(buyer_client)
+    services.round_run(bucket="*:*")
+    assert Order.objects.get(pk=order.pk).status == "matched"
+    assert not MatchReview.objects.exists()
+
+
+def test_matches_outside_the_buyers_country_are_flagged(buyer_client):
+    make_listing(NodeFactory(region=Region.objects.get(code="SG")), ask="9")
+    order = post_order(buyer_client)
+    services.round_run(bucket="*:*")
+    review = MatchReview.objects.get(allocation__order=order)
+    assert [r["code"] for r in review.reasons] == ["outside_buyer_country"]
+
+
+@pytest.mark.parametrize("setup,overrides,code", [
+    ("none", {}, "no_chip_fits"),
+    ("shanghai_only", {"region": {"policy": "regions", "regions": ["CN-GZ"]}}, "no_supply_in_allowed_regions"),
+    ("roce_node", {"interconnects": ["infiniband"]}, "interconnect_unavailable"),
+    ("sold_out", {}, "capacity_taken"),
+    ("dear", {}, "price_gap"),
+    ("cheap", {}, "matchable"),
+])
+def test_explain_says_why_an_order_is_not_matched(buyer_client, setup, overrides, code):
+    if setup == "shanghai_only":
+        make_listing(NodeFactory(region=Region.objects.get(code="CN-SH")), ask="9")
+    elif setup == "roce_node":
+        make_listing(NodeFactory(interconnect="roce"), ask="9")
+    elif setup == "sold_out":
+        listing = make_listing(NodeFactory(), ask="9")
+        ListingHour.objects.filter(listing=listing).update(cards_sold=8)
+    elif setup == "dear":
+        make_listing(NodeFactory(), ask="15")
+    elif setup == "cheap":
+        make_listing(NodeFactory(), ask="9")
+    if setup != "none":
+        make_listing(NodeFactory(chip=ChipType.objects.get(code="nvidia-h20")), ask="5")  # another chip, cheaper
+    order = post_order(buyer_client, **overrides)
+    explain = buyer_client.get(f"/api/v1/orders/{order.pk}/explain")
+    assert explain.status_code == 200
+    body = explain.json()
+    assert body["reasons"][0]["code"] == code
+    if code == "price_gap":
+        assert Decimal(body["reasons"][0]["best_feasible_ask"]) == Decimal("15")
+        assert any(a["kind"] == "price" for a in body["alternatives"])
+    if code in ("price_gap", "capacity_taken", "interconnect_unavailable"):
+        kinds = {a["kind"] for a in body["alternatives"]}
+        assert "other_chip" in kinds  # the H20 (96 GB) would do
+    if code == "no_supply_in_allowed_regions":
+        assert any(a["kind"] == "wider_region" for a in body["alternatives"])
+
+
+def test_explain_is_scoped_to_the_buyer(buyer_client, client_for):
+    order = post_order(buyer_client)
+    assert client_for().get(f"/api/v1/orders/{order.pk}/explain").status_code == 404
+
+
+def test_supplier_marks_a_node_failed_and_unfinished_work_is_rematched(supplier_client, buyer_client):
+    from django.utils import timezone
+
+    from marketplace import services as market
+    from marketplace.hours import current_hour_index
+    from tests.factories import next_hour
+
+    # given, on one node, an allocation that started two hours ago and one that starts later
+    now_hour = current_hour_index(timezone.now())
+    node = NodeFactory(organisation=supplier_client.organisation)
+    listing = make_listing(node, ask="9", start=next_hour(-3), hours=30)
+    make_listing(NodeFactory(), ask="9.5")  # another supplier's healthy node
+    running = post_order(buyer_client, start_in=-3, window_hours=30)
+    future = post_order(buyer_client, start_in=-3, window_hours=30)
+    started = market.slots_reserve(order_id=running.pk, claims=[market.SlotClaim(listing.pk, 4)],
+                                   start_hour=now_hour - 2, end_hour=now_hour + 1, price_per_card_hour=Decimal("10"))
+    waiting = market.slots_reserve(order_id=future.pk, claims=[market.SlotClaim(listing.pk, 4)],
+                                   start_hour=now_hour + 2, end_hour=now_hour + 5, price_per_card_hour=Decimal("10"))
+
+    # when the supplier reports the failure
+    response = supplier_client.post(f"/api/v1/nodes/{node.pk}/fail", {"reason": "ECC errors, hung"}, format="json")
+    assert response.status_code == 201, response.content
+    failure = NodeFailure.objects.get()
+    assert failure.reported_by_supplier and failure.failed_hour == now_hour
+    assert Node.objects.get(pk=node.pk).status == "failed"
+
+    # then the running allocation is interrupted: 2 hours delivered, the failed hour lost
+    started.refresh_from_db()
+    waiting.refresh_from_db()
+    impacts = {i.allocation_id: i for i in FailureImpact.objects.all()}
+    assert set(impacts) == {started.pk, waiting.pk}
+    assert started.status == "interrupted" and started.delivered_end_hour == now_hour
+    assert impacts[started.pk].hours_lost == 1 and impacts[started.pk].started
+    assert waiting.status == "released" and impacts[waiting.pk].hours_lost == 3 and not impacts[waiting.pk].started
+    reopened = Order.objects.get(pk=running.pk)
+    assert reopened.status == "open" and reopened.rematch_count == 1
+    assert reopened.duration_hours == 1 and reopened.original_duration_hours == 3
+    assert Order.objects.get(pk=future.pk).status == "open"
+    # the failed node's future slots were released (the delivered past hours stay sold)
+    assert set(ListingHour.objects.filter(listing=listing, hour__gte=now_hour).values_list("cards_sold",
+                                                                                          flat=True)) == {0}
+    assert sum(ListingHour.objects.filter(listing=listing, hour__lt=now_hour).values_list("cards_sold", flat=True)) == 8
+
+    # and the next round puts the remaining work on a healthy node
+    services.round_run(bucket="*:*")
+    for order in (running, future):
+        order.refresh_from_db()
+        live = Allocation.objects.filter(order=order, status__in=Allocation.ACTIVE)
+        assert order.status == "matched" and live.count() == 1
+        assert live.get().parts.get().node_id != node.pk
+
+
+def test_failure_is_scoped_and_admins_can_report_it(client_for, admin_client):
+    node = NodeFactory()
+    stranger = client_for(is_supplier=True)
+    assert_error(stranger.post(f"/api/v1/nodes/{node.pk}/fail", {}, format="json"), 404)
+    assert Node.objects.get(pk=node.pk).status == "active"
+    response = admin_client.post(f"/api/v1/admin/nodes/{node.pk}/fail", {"reason": "datacentre power loss"},
+                                 format="json")
+    assert response.status_code == 201 and not NodeFailure.objects.get().reported_by_supplier
+    assert_error(admin_client.post(f"/api/v1/admin/nodes/{node.pk}/fail", {}, format="json"), 409)
+
+
+def test_patching_status_failed_goes_through_the_failure_path(supplier_client):
+    node = NodeFactory(organisation=supplier_client.organisation)
+    response = supplier_client.patch(f"/api/v1/nodes/{node.pk}", {"status": "failed"}, format="json")
+    assert response.status_code == 200 and response.json()["status"] == "failed"
+    assert NodeFailure.objects.filter(node=node).exists()
+
+
+def test_admin_can_run_a_round_and_list_rounds(admin_client, buyer_client):
+    make_listing(NodeFactory(), ask="9")
+    post_order(buyer_client)
+    response = admin_client.post("/api/v1/admin/rounds", {"bucket": "*:*"}, format="json")
+    assert response.status_code == 201 and response.json()["matches"] == 1
+    assert_error(admin_client.post("/api/v1/admin/rounds", {"bucket": "DROP TABLE"}, format="json"), 400,
+                 field="bucket")
+    assert admin_client.get("/api/v1/admin/rounds").json()["count"] == 1
