@@ -31,7 +31,8 @@ def schedule_round(bucket: str) -> bool:
 def run_round(self, bucket: str) -> dict:
     # The task id survives retries and redelivery, so a round is committed at most once.
     try:
-        return asdict(services.round_run(bucket=bucket, round_id=f"{bucket}:{self.request.id}"))
+        return asdict(services.round_run(bucket=bucket, round_id=f"{bucket}:{self.request.id}",
+                                         pause_before_commit=settings.SANDUISAN.get("PERSIST_PAUSE_SECONDS", 0)))
     except OperationalError as exc:  # a lock timeout or deadlock victim: try again shortly
         raise self.retry(exc=exc, countdown=2)
 

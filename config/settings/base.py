@@ -108,6 +108,13 @@ if CELERY_BROKER_URL == "filesystem://":
         "processed_folder": str(_FS_BROKER_DIR / "processed"),
         "store_processed": False,
     }
+if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
+    # How long an unacknowledged task waits before another worker gets it (Redis broker).
+    # With a short timeout, sweep for such tasks often too (kombu's default sweep is ~100 s).
+    _visibility = int(os.environ["CELERY_VISIBILITY_TIMEOUT"])
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _visibility,
+                                       "unacked_restore_interval": max(1, _visibility // 4),
+                                       "unacked_restore_throttle": 1}
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", None) or None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -174,6 +181,8 @@ SANDUISAN = {
     # New orders ask for a matching round this many seconds later (debounced per bucket).
     "AUTO_MATCH": os.environ.get("SANDUISAN_AUTO_MATCH", "1") == "1",
     "ROUND_DEBOUNCE_SECONDS": 2,
+    # Crash tests only: hold a round's transaction open this long before it commits.
+    "PERSIST_PAUSE_SECONDS": float(os.environ.get("SANDUISAN_PERSIST_PAUSE_SECONDS", "0")),
 }
 
 LOGGING = {
