@@ -48,6 +48,10 @@ class MarketMeta:
     regions: list[RegionInfo]
     region_hubs: list[str]
     region_codes: list[str]
+    cards: np.ndarray  # node card counts
+    offered: np.ndarray  # [L, H] cards listed per hour (free + already busy)
+    rules: list[RegionRule]
+    buyer_region: np.ndarray  # index into regions, per order
 
 
 def load_regions() -> tuple[list[RegionInfo], list[str]]:
@@ -111,7 +115,9 @@ def generate_market(*, seed: int, n_orders: int, n_nodes: int, horizon: int = 48
     start = np.where(rng.random(n_nodes) < 0.2, rng.integers(0, horizon // 2, n_nodes), 0)
     end = np.where(rng.random(n_nodes) < 0.2, rng.integers(horizon // 2, horizon + 1, n_nodes), horizon)
     cols = np.arange(horizon)
-    free[(cols[None, :] < start[:, None]) | (cols[None, :] >= end[:, None])] = 0
+    outside = (cols[None, :] < start[:, None]) | (cols[None, :] >= end[:, None])
+    free[outside] = 0
+    offered = np.where(outside, 0, cards[:, None]).astype(np.int16)
 
     supply = SupplyBook(
         h0=0, listing_id=np.arange(1, n_nodes + 1, dtype=np.int64), node_id=np.arange(1, n_nodes + 1, dtype=np.int64),
@@ -186,4 +192,5 @@ def generate_market(*, seed: int, n_orders: int, n_nodes: int, horizon: int = 48
         opt_cards=np.array(opt_cards, dtype=np.int16), allowed=allowed,
     )
     return supply, demand, MarketMeta(chips=chips, regions=regions, region_hubs=hubs,
-                                      region_codes=[r.code for r in regions])
+                                      region_codes=[r.code for r in regions], cards=cards, offered=offered,
+                                      rules=rules, buyer_region=buyer_region)

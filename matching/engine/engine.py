@@ -33,31 +33,7 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
     layout = np.lexsort((supply.listing_id, supply.chip)) if baseline else \
         np.lexsort((supply.listing_id, supply.ask, supply.chip))
     supply = _permute(supply, layout)
-    n_chips = int(max(supply.chip.max(), demand.opt_chip.max() if demand.opt_chip.size else 0)) + 1
-    n_regions = demand.allowed.shape[1]
-
-    # Listings by chip (cheapest first; the baseline takes them in id order), and by (chip, region).
-    sort_keys = (supply.listing_id, supply.chip) if baseline else (supply.listing_id, supply.ask, supply.chip)
-    chip_list = _i64(np.lexsort(sort_keys))
-    if not np.array_equal(chip_list, np.arange(n_list)):  # the kernel's pointers rely on this layout
-        raise RuntimeError("supply is not laid out in chip-list order")
-    chip_ptr = _index(supply.chip[chip_list], n_chips)
-    cell_key = _i64(supply.chip) * n_regions + supply.region
-    cell_list = _i64(np.lexsort((supply.listing_id, supply.ask, cell_key)))
-    cell_ptr = _index(cell_key[cell_list], n_chips * n_regions)
-    rr_rule, rr_region = np.nonzero(demand.allowed)
-    rr_ptr = _index(rr_rule, demand.allowed.shape[0])
-    rr_list = _i64(rr_region)
-
-    # Fabric groups, each cheapest member first; groups indexed by chip.
-    in_fabric = np.flatnonzero(supply.fabric >= 0)
-    fab_sorted = _i64(in_fabric[np.lexsort((supply.listing_id[in_fabric], supply.ask[in_fabric],
-                                            supply.fabric[in_fabric]))])
-    _, fab_starts = np.unique(supply.fabric[fab_sorted], return_index=True)
-    fab_ptr = _i64(np.append(fab_starts, fab_sorted.size))
-    fab_chip = supply.chip[fab_sorted[fab_starts]] if fab_sorted.size else np.zeros(0, dtype=np.int32)
-    chip_fabs = _i64(np.argsort(fab_chip, kind="stable"))
-    chip_fab_ptr = _index(fab_chip[chip_fabs], n_chips)
+    ix = _Indexes(supply, demand, baseline=baseline)
 
     excl = np.zeros(0, dtype=np.int64)
     if params.excluded_pairs:
@@ -75,15 +51,9 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
 
     if baseline:
         order_seq = np.lexsort((demand.order_id, demand.arrival))
-        opt_first = chip_ptr[o["opt_chip"]]
+        opt_first = ix.chip_ptr[o["opt_chip"]]
     else:
-        best = np.empty(n_orders, dtype=np.int64)
-        second = np.empty(n_orders, dtype=np.int64)
-        opt_first = np.empty(o["opt_chip"].size, dtype=np.int64)
-        probe_regret(demand.bid, o["duration"], o["earliest"], o["latest_end"], o["interconnects"], o["rule"],
-                     o["opt_ptr"], o["opt_chip"], o["opt_cards"], demand.allowed, chip_ptr, chip_list, cell_ptr,
-                     cell_list, rr_ptr, rr_list, supply.ask, l_region, l_ic, l_min_cards, l_min_hours, free, excl,
-                     best, second, opt_first)
+        best, second, opt_first = _probe(supply, demand, ix, free, excl)
         order_seq = _priority(demand, best, second)
 
     fabric_orders = demand.placement == SAME_FABRIC
@@ -97,13 +67,23 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
 
     n_parts = greedy_match(
         _i64(order_seq), demand.bid, o["duration"], o["earliest"], o["latest_end"], o["interconnects"],
-        o["placement"], o["rule"], o["opt_ptr"], o["opt_chip"], o["opt_cards"], opt_first, demand.allowed, chip_ptr,
-        chip_list, cell_ptr, cell_list, rr_ptr, rr_list, supply.ask, l_region, l_ic, l_min_cards, l_min_hours,
-        _i64(supply.chip), free, fab_ptr, fab_sorted, chip_fab_ptr, chip_fabs, int(round(params.fit_band * 1_000_000)), MAX_BAND_CANDIDATES,
+        o["placement"], o["rule"], o["opt_ptr"], o["opt_chip"], o["opt_cards"], opt_first, demand.allowed,
+        ix.chip_ptr, ix.chip_list, ix.cell_ptr, ix.cell_list, ix.rr_ptr, ix.rr_list, supply.ask, l_region, l_ic,
+        l_min_cards, l_min_hours, _i64(supply.chip), free, ix.fab_ptr, ix.fab_sorted, ix.chip_fab_ptr, ix.chip_fabs,
+        int(round(params.fit_band * 1_000_000)), MAX_BAND_CANDIDATES,
         baseline, excl, out_start, out_opt, part_order, part_listing, part_cards)
 
     return _result(supply, demand, params, out_start, part_order[:n_parts], part_listing[:n_parts],
                    part_cards[:n_parts])
+
+
+def opening_best(supply: SupplyBook, demand: DemandBook) -> np.ndarray:
+    """Each order's best single-node surplus at opening (micro-CNY), or -1 if it has none: an
+    order with a value >= 0 is in the money."""
+    supply = _permute(supply, np.lexsort((supply.listing_id, supply.ask, supply.chip)))
+    ix = _Indexes(supply, demand, baseline=False)
+    best, _, _ = _probe(supply, demand, ix, supply.free.astype(np.int32), np.zeros(0, dtype=np.int64))
+    return best
 
 
 def _permute(supply: SupplyBook, layout: np.ndarray) -> SupplyBook:
@@ -112,6 +92,47 @@ def _permute(supply: SupplyBook, layout: np.ndarray) -> SupplyBook:
         "min_hours", "free")}
     bucket = supply.price_bucket[layout] if supply.price_bucket is not None else None
     return SupplyBook(h0=supply.h0, price_bucket=bucket, **fields)
+
+
+class _Indexes:
+    """Listings by chip (cheapest first; the baseline takes them in id order), by (chip, region)
+    cell, the regions each rule admits, and fabric groups (cheapest member first) by chip."""
+
+    def __init__(self, supply: SupplyBook, demand: DemandBook, *, baseline: bool) -> None:
+        n_list = supply.size
+        n_chips = int(max(supply.chip.max(), demand.opt_chip.max() if demand.opt_chip.size else 0)) + 1
+        n_regions = demand.allowed.shape[1]
+        sort_keys = (supply.listing_id, supply.chip) if baseline else (supply.listing_id, supply.ask, supply.chip)
+        self.chip_list = _i64(np.lexsort(sort_keys))
+        if not np.array_equal(self.chip_list, np.arange(n_list)):  # the kernel's pointers rely on this layout
+            raise RuntimeError("supply is not laid out in chip-list order")
+        self.chip_ptr = _index(supply.chip[self.chip_list], n_chips)
+        cell_key = _i64(supply.chip) * n_regions + supply.region
+        self.cell_list = _i64(np.lexsort((supply.listing_id, supply.ask, cell_key)))
+        self.cell_ptr = _index(cell_key[self.cell_list], n_chips * n_regions)
+        rr_rule, rr_region = np.nonzero(demand.allowed)
+        self.rr_ptr = _index(rr_rule, demand.allowed.shape[0])
+        self.rr_list = _i64(rr_region)
+        in_fabric = np.flatnonzero(supply.fabric >= 0)
+        self.fab_sorted = _i64(in_fabric[np.lexsort((supply.listing_id[in_fabric], supply.ask[in_fabric],
+                                                     supply.fabric[in_fabric]))])
+        _, fab_starts = np.unique(supply.fabric[self.fab_sorted], return_index=True)
+        self.fab_ptr = _i64(np.append(fab_starts, self.fab_sorted.size))
+        fab_chip = supply.chip[self.fab_sorted[fab_starts]] if self.fab_sorted.size else np.zeros(0, dtype=np.int32)
+        self.chip_fabs = _i64(np.argsort(fab_chip, kind="stable"))
+        self.chip_fab_ptr = _index(fab_chip[self.chip_fabs], n_chips)
+
+
+def _probe(supply: SupplyBook, demand: DemandBook, ix: _Indexes, free: np.ndarray, excl: np.ndarray):
+    best = np.empty(demand.size, dtype=np.int64)
+    second = np.empty(demand.size, dtype=np.int64)
+    opt_first = np.empty(demand.opt_chip.size, dtype=np.int64)
+    probe_regret(demand.bid, _i64(demand.duration), _i64(demand.earliest), _i64(demand.latest_end),
+                 _i64(demand.interconnects), _i64(demand.rule), _i64(demand.opt_ptr), _i64(demand.opt_chip),
+                 _i64(demand.opt_cards), demand.allowed, ix.chip_ptr, ix.chip_list, ix.cell_ptr, ix.cell_list,
+                 ix.rr_ptr, ix.rr_list, supply.ask, _i64(supply.region), _i64(supply.interconnect),
+                 _i64(supply.min_cards), _i64(supply.min_hours), free, excl, best, second, opt_first)
+    return best, second, opt_first
 
 
 def _priority(demand: DemandBook, best: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -115,6 +115,10 @@ class Match:
     price_rule: str = ""
 
 
+def _no_ints() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 @dataclass
 class EngineResult:
     """Matches as arrays (fast to persist), with ``matches`` building Match objects on demand.
@@ -122,18 +126,18 @@ class EngineResult:
     Match ``i`` covers parts ``part_ptr[i]:part_ptr[i+1]``.
     """
 
-    order_id: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    start_hour: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    end_hour: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    cards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    bid: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    ask: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    surplus: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    price: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    bucket: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    order_id: np.ndarray = field(default_factory=_no_ints)
+    start_hour: np.ndarray = field(default_factory=_no_ints)
+    end_hour: np.ndarray = field(default_factory=_no_ints)
+    cards: np.ndarray = field(default_factory=_no_ints)
+    bid: np.ndarray = field(default_factory=_no_ints)
+    ask: np.ndarray = field(default_factory=_no_ints)
+    surplus: np.ndarray = field(default_factory=_no_ints)
+    price: np.ndarray = field(default_factory=_no_ints)
+    bucket: np.ndarray = field(default_factory=_no_ints)
     part_ptr: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
-    part_listing_id: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    part_cards: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    part_listing_id: np.ndarray = field(default_factory=_no_ints)
+    part_cards: np.ndarray = field(default_factory=_no_ints)
     price_rule: str = ""
 
     @property

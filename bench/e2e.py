@@ -1,0 +1,137 @@
+"""One matching round end to end on PostgreSQL: load the book, run the engine, commit allocations.
+
+Uses its own database, ``sanduisan_bench`` (created and migrated if missing, emptied each run),
+on the PostgreSQL of ``BENCH_DATABASE_URL`` (default postgres://postgres@127.0.0.1:5432/).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+BENCH_DB = "sanduisan_bench"
+
+
+def _setup_django() -> None:
+    base = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/").rstrip("/")
+    os.environ["DATABASE_URL"] = f"{base}/{BENCH_DB}"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    import psycopg
+
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
+            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _load(supply, demand, meta, h0: int) -> None:
+    """Write the generated market into the database (not timed)."""
+    from decimal import Decimal
+
+    from django.db import connection, transaction
+
+    from marketplace.hours import hour_start
+    from marketplace.models import (ChipType, Listing, ListingHour, Node, Order, OrderChipOption, Organisation,
+                                    Region)
+    from matching.engine.types import INTERCONNECTS, from_micro
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE marketplace_organisation, matching_matchround RESTART IDENTITY CASCADE")
+    chips = {c.code: c.pk for c in ChipType.objects.all()}
+    regions = {r.code: r for r in Region.objects.all()}
+    horizon = supply.free.shape[1]
+    with transaction.atomic():
+        suppliers = {s: Organisation(name=f"supplier {s}", slug=f"s-{s}", is_supplier=True)
+                     for s in np.unique(supply.supplier).tolist()}
+        buyers = {b: Organisation(name=f"buyer {b}", slug=f"b-{b}", is_buyer=True,
+                                  home_region=regions[meta.region_codes[b]])
+                  for b in np.unique(meta.buyer_region).tolist()}
+        Organisation.objects.bulk_create([*suppliers.values(), *buyers.values()])
+        nodes = [Node(organisation=suppliers[int(supply.supplier[i])], name=f"n{i}",
+                      chip_id=chips[meta.chips[int(supply.chip[i])]], card_count=int(meta.cards[i]),
+                      region=regions[meta.region_codes[int(supply.region[i])]],
+                      interconnect=INTERCONNECTS[int(supply.interconnect[i])],
+                      fabric_id=f"fab-{supply.fabric[i]}" if supply.fabric[i] >= 0 else "")
+                 for i in range(supply.size)]
+        Node.objects.bulk_create(nodes, batch_size=5000)
+        listings = [Listing(organisation=n.organisation, node=n, cards=n.card_count, start=hour_start(h0),
+                            end=hour_start(h0 + horizon), ask_per_card_hour=from_micro(int(supply.ask[i])))
+                    for i, n in enumerate(nodes)]
+        Listing.objects.bulk_create(listings, batch_size=5000)
+        hours = []
+        for i, (listing, node) in enumerate(zip(listings, nodes)):
+            for j in np.flatnonzero(meta.offered[i] > 0).tolist():
+                offered = int(meta.offered[i, j])
+                hours.append(ListingHour(listing=listing, node=node, hour=h0 + j, node_cards=node.card_count,
+                                         cards_offered=offered, cards_sold=offered - int(supply.free[i, j])))
+        ListingHour.objects.bulk_create(hours, batch_size=10000)
+
+        chip_codes = {i: code for i, code in enumerate(meta.chips)}
+        orders, options, allowed = [], [], []
+        for o in range(demand.size):
+            rule = meta.rules[int(demand.rule[o])]
+            mask = int(demand.interconnects[o])
+            order = Order(
+                organisation=buyers[int(meta.buyer_region[o])], kind="card_hours", chip_rule="chips",
+                cards=int(demand.opt_cards[demand.opt_ptr[o]]),
+                placement="same_fabric" if demand.placement[o] else "single_node",
+                interconnects=[] if mask == 15 else [n for k, n in enumerate(INTERCONNECTS) if mask >> k & 1],
+                duration_hours=int(demand.duration[o]), earliest_start=hour_start(h0 + int(demand.earliest[o])),
+                latest_end=hour_start(h0 + int(demand.latest_end[o])),
+                max_price_per_card_hour=from_micro(int(demand.bid[o])), region_policy=rule.policy,
+                center_lat=rule.center[0] if rule.center else None, center_lon=rule.center[1] if rule.center else None,
+                radius_km=int(rule.radius_km) if rule.radius_km else None)
+            orders.append(order)
+        Order.objects.bulk_create(orders, batch_size=5000)
+        through = Order.allowed_regions.through
+        for o, order in enumerate(orders):
+            for k in range(int(demand.opt_ptr[o]), int(demand.opt_ptr[o + 1])):
+                options.append(OrderChipOption(order=order, chip_id=chips[chip_codes[int(demand.opt_chip[k])]],
+                                               cards=int(demand.opt_cards[k])))
+            rule = meta.rules[int(demand.rule[o])]
+            if rule.policy == "regions":
+                allowed.extend(through(order_id=order.pk, region_id=regions[code].pk) for code in rule.allowed)
+        OrderChipOption.objects.bulk_create(options, batch_size=10000)
+        through.objects.bulk_create(allowed, batch_size=10000)
+
+
+def run_e2e(*, n_orders: int, n_nodes: int) -> dict:
+    _setup_django()
+    from django.db.models import F, Sum
+    from django.utils import timezone
+
+    from bench.market import generate_market
+    from marketplace.hours import current_hour_index
+    from marketplace.models import Allocation, ListingHour
+    from matching.models import MatchRound
+    from matching.services import round_run
+
+    supply, demand, meta = generate_market(seed=21, n_orders=n_orders, n_nodes=n_nodes)
+    h0 = current_hour_index(timezone.now()) + 1
+    t0 = time.perf_counter()
+    _load(supply, demand, meta, h0)
+    load_s = time.perf_counter() - t0
+    sold_before = ListingHour.objects.aggregate(s=Sum("cards_sold"))["s"]
+
+    t0 = time.perf_counter()
+    outcome = round_run(bucket="*:*", round_id="bench-e2e")
+    e2e_s = time.perf_counter() - t0
+
+    round_ = MatchRound.objects.get(round_id=outcome.round_id)
+    sold_after = ListingHour.objects.aggregate(s=Sum("cards_sold"))["s"]
+    allocated = Allocation.objects.aggregate(s=Sum(F("cards") * (F("end_hour") - F("start_hour"))))["s"] or 0
+    if sold_after - sold_before != allocated:
+        raise RuntimeError("the calendar and the allocations disagree")
+    engine_s = round_.engine_ms / 1000
+    print(f"end-to-end round {n_orders:,} orders x {n_nodes:,} nodes on PostgreSQL: {e2e_s:.2f} s "
+          f"(load {round_.load_ms / 1000:.2f} s, engine {engine_s:.2f} s, persist {round_.persist_ms / 1000:.2f} s; "
+          f"{round_.matches:,} allocations committed; {e2e_s / max(engine_s, 1e-9):.1f}x the engine alone; "
+          f"setup {load_s:.0f} s not timed)")
+    return {"e2e_round_s": round(e2e_s, 3), "e2e_load_s": round_.load_ms / 1000, "e2e_engine_s": engine_s,
+            "e2e_persist_s": round_.persist_ms / 1000, "e2e_matches": round_.matches}
