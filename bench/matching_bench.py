@@ -104,15 +104,21 @@ def welfare_vs_optimum(seeds: list[int], n_orders: int, n_nodes: int, milp_secon
             "engine_beats_baseline_everywhere": all(r > b for r, b in zip(ratios, base_ratios))}
 
 
-def welfare_vs_lp(n_orders: int, n_nodes: int) -> dict:
+def welfare_vs_lp(n_orders: int, n_nodes: int, budget: float) -> dict:
+    """Against the LP relaxation, by column generation within ``budget`` seconds. The LP optimum
+    lies between the restricted master's value (lower) and the repaired dual bound (upper); the
+    headline ratio uses the upper bound, so it never overstates."""
     supply, demand, _ = generate_market(seed=11, n_orders=n_orders, n_nodes=n_nodes, single_node_only=True)
     engine = run_engine(supply, demand)
     baseline = run_engine(supply, demand, baseline=True)
-    lp = lp_bound(supply, demand, time_budget=900)
+    lp = lp_bound(supply, demand, time_budget=budget)
     ratio = engine.welfare / lp["bound"]
-    print(f"welfare vs LP bound at {n_orders:,} x {n_nodes:,}: {ratio:.2%} (baseline {baseline.welfare / lp['bound']:.2%};"
-          f" LP by column generation, {lp['rounds']} rounds, {lp['seconds']:.0f} s, final gap {lp['gap']:.3%})")
-    return {"welfare_vs_lp": round(ratio, 4), "baseline_welfare_vs_lp": round(baseline.welfare / lp["bound"], 4)}
+    print(f"welfare vs LP bound at {n_orders:,} x {n_nodes:,}: {ratio:.2%} of the LP upper bound, "
+          f"{engine.welfare / lp['rmp']:.2%} of the restricted master (the LP optimum lies between them; "
+          f"{lp['gap']:.2%} apart after {lp['rounds']} rounds, {lp['seconds']:.0f} s); "
+          f"baseline {baseline.welfare / lp['bound']:.2%}")
+    return {"welfare_vs_lp": round(ratio, 4), "welfare_vs_lp_lower_estimate": round(engine.welfare / lp["rmp"], 4),
+            "lp_gap": round(lp["gap"], 4), "baseline_welfare_vs_lp": round(baseline.welfare / lp["bound"], 4)}
 
 
 def e2e_round(n_orders: int, n_nodes: int) -> dict:
@@ -126,13 +132,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not the figures")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the PostgreSQL end-to-end round")
     parser.add_argument("--milp-seconds", type=float, default=60.0, help="time limit per MILP solve")
+    parser.add_argument("--lp-seconds", type=float, default=600.0, help="time budget for the 30k x 6k LP bound")
     args = parser.parse_args(argv)
     scale = 20 if args.quick else 1
     figures: dict = {}
     figures.update(engine_round(100_000 // scale, 20_000 // scale))
     figures.update(welfare_vs_optimum([2, 3, 4, 5, 6][: 2 if args.quick else 5], 3000 // (5 if args.quick else 1),
                                       600 // (5 if args.quick else 1), 10 if args.quick else args.milp_seconds))
-    figures.update(welfare_vs_lp(30_000 // scale, 6_000 // scale))
+    figures.update(welfare_vs_lp(30_000 // scale, 6_000 // scale, 30 if args.quick else args.lp_seconds))
     if not args.skip_e2e:
         figures.update(e2e_round(20_000 // scale, 4_000 // scale))
     print(json.dumps(figures))

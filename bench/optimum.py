@@ -17,7 +17,7 @@ import time
 import numpy as np
 from numba import njit
 from scipy import sparse
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from scipy.optimize import Bounds, LinearConstraint, milp
 
 from matching.engine.types import DemandBook, SupplyBook
 
@@ -139,55 +139,89 @@ def milp_optimum(supply: SupplyBook, demand: DemandBook, time_limit: float = 300
             "columns": int(profit.size), "seconds": time.perf_counter() - t0, "status": res.message}
 
 
-def lp_bound(supply: SupplyBook, demand: DemandBook, seed_cols=None, max_rounds: int = 30,
-             tolerance: float = 1e-4, time_budget: float = 600.0) -> dict:
-    """Column generation for the LP relaxation. Returns the best valid upper bound found."""
+def lp_bound(supply: SupplyBook, demand: DemandBook, seed_cols=None, max_rounds: int = 60,
+             tolerance: float = 1e-4, time_budget: float = 600.0, verbose: bool = False) -> dict:
+    """Column generation for the LP relaxation on one warm-started HiGHS model: each round adds the
+    improving columns and re-solves from the previous basis. Returns the best valid upper bound."""
+    import highspy
+
     t0 = time.perf_counter()
     args = _prepare(supply, demand)
     horizon = supply.free.shape[1]
-    # Start from every order's best column at zero prices, plus any seed columns (the engine's).
+    free_flat = supply.free.reshape(-1).astype(float)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.addRows(demand.size, np.full(demand.size, -highspy.kHighsInf), np.ones(demand.size), 0,
+              np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+    cap_row: dict[int, int] = {}  # listing-hour -> row, created as columns first touch them
+    pool = []
+
+    def add_columns(cols) -> None:
+        o, l, st, c, p = cols
+        if o.size == 0:
+            return
+        dur = demand.duration.astype(np.int64)[o]
+        cells = np.repeat(l * horizon, dur) + np.repeat(st, dur) + (
+            np.arange(int(dur.sum())) - np.repeat(np.cumsum(dur) - dur, dur))
+        new_cells = [int(x) for x in np.unique(cells) if int(x) not in cap_row]
+        if new_cells:
+            for x in new_cells:
+                cap_row[x] = demand.size + len(cap_row)
+            h.addRows(len(new_cells), np.full(len(new_cells), -highspy.kHighsInf), free_flat[new_cells], 0,
+                      np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        rows = np.fromiter((cap_row[int(x)] for x in cells), dtype=np.int32, count=cells.size)
+        starts = np.r_[0, np.cumsum(dur + 1)[:-1]].astype(np.int32)
+        index = np.empty(int((dur + 1).sum()), dtype=np.int32)
+        value = np.empty(index.size)
+        index[starts] = o
+        value[starts] = 1.0
+        mask = np.ones(index.size, dtype=bool)
+        mask[starts] = False
+        index[mask] = rows
+        value[mask] = np.repeat(c, dur).astype(float)
+        h.addCols(o.size, -p.astype(float), np.zeros(o.size), np.ones(o.size), index.size, starts, index, value)
+        pool.append(cols)
+
     lam = np.zeros((supply.size, horizon))
-    cols = _empty(demand.size)
-    n = _columns(False, *args, lam + 0.0, *cols)
-    pool = [tuple(x[:n] for x in cols)]
+    first = _empty(demand.size)
+    n = _columns(False, *args, lam, *first)
+    add_columns(tuple(x[:n] for x in first))
     if seed_cols is not None:
-        pool.append(seed_cols)
+        add_columns(seed_cols)
     best_bound, rmp_value, rounds = np.inf, 0.0, 0
     while rounds < max_rounds and time.perf_counter() - t0 < time_budget:
         rounds += 1
-        merged = tuple(np.concatenate([p[i] for p in pool]) for i in range(5))
-        key = np.unique(np.stack([merged[0], merged[1], merged[2], merged[3]]), axis=1, return_index=True)[1]
-        merged = tuple(x[key] for x in merged)
-        pool = [merged]
-        a, upper, used_rows = _matrix(supply, demand, merged)
-        res = linprog(-merged[4].astype(float), A_ub=a, b_ub=upper, bounds=(0, 1), method="highs")
-        if res.status != 0:
-            raise RuntimeError(f"LP failed: {res.message}")
-        rmp_value = -res.fun
-        duals = -res.ineqlin.marginals  # >= 0 for <= rows of a maximisation
-        mu = np.zeros(demand.size)
+        h.run()
+        rmp_value = -h.getInfo().objective_function_value
+        duals = -np.asarray(h.getSolution().row_dual)  # >= 0 for the <= rows of a maximisation
+        mu = duals[:demand.size].copy()
         lam = np.zeros(supply.size * horizon)
-        is_order = used_rows < demand.size
-        mu[used_rows[is_order]] = duals[is_order]
-        lam[used_rows[~is_order] - demand.size] = duals[~is_order]
-        lam = lam.reshape(supply.size, horizon)
+        if cap_row:
+            cells = np.fromiter(cap_row.keys(), dtype=np.int64, count=len(cap_row))
+            lam[cells] = duals[np.fromiter(cap_row.values(), dtype=np.int64, count=len(cap_row))]
+        lam = np.maximum(lam, 0).reshape(supply.size, horizon)
+        mu = np.maximum(mu, 0)
         new = _empty(demand.size)
         n = _columns(False, *args, lam, *new)
         new = tuple(x[:n] for x in new)
-        # reduced profit of each order's best column under lam; the dual repair gives a valid bound
         cost = np.array([lam[l, s:s + demand.duration[o]].sum() for o, l, s in zip(new[0], new[1], new[2])])
         best_reduced = np.zeros(demand.size)
         if n:
             best_reduced[new[0]] = new[4] - new[3] * cost
+        # (lam, max(mu, best reduced profit)) is feasible for the full dual: a valid upper bound.
         bound = float((lam * supply.free).sum() + np.maximum(mu, best_reduced).sum())
         best_bound = min(best_bound, bound)
+        if verbose:
+            print(f"    LP round {rounds}: {sum(c[0].size for c in pool)} columns, RMP {rmp_value / 1e6:,.1f}, "
+                  f"bound {best_bound / 1e6:,.1f}, {time.perf_counter() - t0:.0f} s", flush=True)
         improving = best_reduced > mu + 1e-6 * np.maximum(1.0, mu)
         if best_bound - rmp_value <= tolerance * best_bound or not improving.any():
             break
         keep = improving[new[0]]
-        pool.append(tuple(x[keep] for x in new))
+        add_columns(tuple(x[keep] for x in new))
+    columns = tuple(np.concatenate([c[i] for c in pool]) for i in range(5))
     return {"bound": best_bound, "rmp": rmp_value, "rounds": rounds, "seconds": time.perf_counter() - t0,
-            "gap": (best_bound - rmp_value) / best_bound if best_bound else 0.0, "columns": pool[0]}
+            "gap": (best_bound - rmp_value) / best_bound if best_bound else 0.0, "columns": columns}
 
 
 def certified_optimum(supply: SupplyBook, demand: DemandBook, seed_cols=None, time_limit: float = 120.0) -> dict:

@@ -291,7 +291,9 @@ def _after_commit_request_matching(order_id: int) -> None:
     if settings.SANDUISAN.get("AUTO_MATCH"):
         from matching.tasks import order_arrived
 
-        transaction.on_commit(lambda: order_arrived.delay(order_id))
+        # robust: the order is committed either way; a broker hiccup is logged, and the
+        # every-minute rounds pick the order up regardless.
+        transaction.on_commit(lambda: order_arrived.delay(order_id), robust=True)
 
 
 CANCELLABLE = {Order.Status.OPEN, Order.Status.MATCHED}

@@ -334,7 +334,7 @@ def review_reject(*, review_id: int, admin_user_id: int, reason: str) -> MatchRe
             [RejectedPairing(order=order, listing_id=p.listing_id, review=review)
              for p in review.allocation.parts.all()], ignore_conflicts=True)
         decided = _decide(review, MatchReview.Status.REJECTED, admin_user_id, reason)
-    transaction.on_commit(lambda: schedule_rounds_for_order(order_id=order.pk))
+    transaction.on_commit(lambda: schedule_rounds_for_order(order_id=order.pk), robust=True)
     return decided
 
 
@@ -415,7 +415,7 @@ def node_fail(*, node_id: int, organisation: Organisation | None = None, reason:
             order.status_reason = f"re-matching after node failure {failure.pk}"
             order.save()
             reopened.append(order.pk)
-    transaction.on_commit(lambda: [schedule_rounds_for_order(order_id=pk) for pk in reopened])
+    transaction.on_commit(lambda: [schedule_rounds_for_order(order_id=pk) for pk in reopened], robust=True)
     return failure
 
 

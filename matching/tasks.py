@@ -37,7 +37,7 @@ def run_round(self, bucket: str) -> dict:
         raise self.retry(exc=exc, countdown=2)
 
 
-@shared_task(name="matching.run_all_rounds", time_limit=60, acks_late=True)
+@shared_task(name="matching.run_all_rounds", time_limit=60, soft_time_limit=50, acks_late=True)
 def run_all_rounds() -> list[str]:
     buckets = [*buckets_with_supply(), services.TOKENS_BUCKET]
     for bucket in buckets:
@@ -45,6 +45,6 @@ def run_all_rounds() -> list[str]:
     return buckets
 
 
-@shared_task(name="matching.order_arrived", time_limit=60, acks_late=True)
+@shared_task(name="matching.order_arrived", time_limit=60, soft_time_limit=50, acks_late=True)
 def order_arrived(order_id: int) -> list[str]:
     return services.schedule_rounds_for_order(order_id=order_id)

@@ -116,6 +116,7 @@ if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
                                        "unacked_restore_interval": max(1, _visibility // 4),
                                        "unacked_restore_throttle": 1}
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", None) or None
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Worker:
     def __init__(self, name: str, queue: str, log_dir: Path, **extra_env):
         db = connection.settings_dict
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "CELERY_TASK_DEFAULT_QUEUE": queue,
                "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
                "CELERY_VISIBILITY_TIMEOUT": "4", **extra_env}
         self.log = log_dir / f"{name}.log"
@@ -147,4 +147,28 @@ def test_a_round_killed_mid_commit_leaves_nothing_and_commits_once_when_redelive
     wait_for(lambda: healthy.succeeded() >= 2, what="the duplicate to be processed")
     assert MatchRound.objects.filter(round_id=round_id).count() == 1
     assert Allocation.objects.count() == matched
+    assert_calendar_consistent()
+
+
+def test_an_order_posted_through_the_api_is_matched_by_a_worker_soon_after(workers, queue, buyer_client, settings):
+    from config.celery import app
+    from tests.matching.helpers import post_order
+
+    # given automatic matching on, one node for sale and a real worker
+    settings.SANDUISAN = {**settings.SANDUISAN, "AUTO_MATCH": True, "ROUND_DEBOUNCE_SECONDS": 1}
+    previous_queue = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    try:
+        make_listing(NodeFactory(), ask="9")
+        workers("auto", SANDUISAN_AUTO_MATCH="1")
+        # when a buyer posts three orders in a burst
+        orders = [post_order(buyer_client) for _ in range(3)]
+        # then a debounced round matches them without anyone asking
+        wait_for(lambda: Order.objects.filter(pk__in=[o.pk for o in orders], status="matched").count() == 3,
+                 what="automatic matching")
+    finally:
+        app.conf.task_default_queue = previous_queue
+    # (two run side by side on the 8-card node, the third later in its window) and the burst led to
+    # a single round for its bucket
+    assert MatchRound.objects.filter(bucket="nvidia:guizhou").count() == 1
     assert_calendar_consistent()
