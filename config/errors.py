@@ -50,3 +50,8 @@ class InvalidTransition(Conflict):
 
 class CapacityUnavailable(Conflict):
     code = "capacity_unavailable"
+
+
+class Unavailable(ApplicationError):
+    status_code = 503
+    code = "unavailable"

@@ -16,7 +16,7 @@ import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
-from config.errors import InvalidTransition, NotFound, ValidationFailed
+from config.errors import InvalidTransition, NotFound, Unavailable, ValidationFailed
 from marketplace.demand import region_info
 from marketplace.hours import current_hour_index, hour_index, hour_start
 from marketplace.models import (Allocation, AllocationPart, Listing, ListingHour, Node, Order, Organisation,
@@ -56,6 +56,9 @@ def round_run(*, bucket: str, round_id: str | None = None, price_rule: str | Non
     Idempotent by ``round_id``: a round that already committed is not run again (a retried or
     redelivered task is a no-op). ``pause_before_commit`` exists for the crash test only.
     """
+    if connection.vendor != "postgresql":
+        raise Unavailable("Matching rounds need PostgreSQL (row locks, SKIP LOCKED); set DATABASE_URL.",
+                          code="postgresql_required")
     round_id = round_id or f"{bucket}:{uuid.uuid4().hex}"
     if MatchRound.objects.filter(round_id=round_id).exists():
         done = MatchRound.objects.get(round_id=round_id)

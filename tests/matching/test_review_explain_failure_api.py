@@ -225,3 +225,21 @@ def test_admin_can_run_a_round_and_list_rounds(admin_client, buyer_client):
     assert_error(admin_client.post("/api/v1/admin/rounds", {"bucket": "DROP TABLE"}, format="json"), 400,
                  field="bucket")
     assert admin_client.get("/api/v1/admin/rounds").json()["count"] == 1
+
+
+def test_rounds_refuse_a_database_without_row_locks(tmp_path):
+    """On the laptop default (a real SQLite file), a round answers 'PostgreSQL required'."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL")}
+    env.update(DJANGO_SETTINGS_MODULE="config.settings.local", SANDUISAN_VAR_DIR=str(tmp_path))
+    code = ("import django; django.setup()\n"
+            "from django.core.management import call_command; call_command('migrate', verbosity=0)\n"
+            "from config.errors import Unavailable\nfrom matching.services import round_run\n"
+            "try:\n    round_run(bucket='*:*')\nexcept Unavailable as exc:\n    print('refused:', exc.code)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "refused: postgresql_required" in result.stdout, result.stderr[-2000:]
