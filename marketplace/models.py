@@ -388,7 +388,7 @@ class Allocation(models.Model):
     price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
     # Hours actually delivered when an allocation was interrupted (end of service).
     delivered_end_hour = models.IntegerField(null=True, blank=True)
-    round_id = models.CharField(max_length=64, blank=True, db_index=True)
+    round_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -149,25 +149,41 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
 
         flags = _review_flags(result, accepted, listing_rows, node_rows)
         now = timezone.now()
-        allocations = []
-        for i in accepted:
-            first_listing = listing_rows[int(result.part_listing_id[result.part_ptr[i]])]
-            allocations.append(Allocation(
-                order_id=int(result.order_id[i]), supplier_id=first_listing[2], kind=Order.Kind.CARD_HOURS,
-                status=Allocation.Status.PENDING_REVIEW if flags.get(i) else Allocation.Status.CONFIRMED,
-                start_hour=int(result.start_hour[i]), end_hour=int(result.end_hour[i]), cards=int(result.cards[i]),
-                price_per_card_hour=from_micro(int(result.price[i])), price_rule=result.price_rule,
-                round_id=round_id, created_at=now, updated_at=now))
-        Allocation.objects.bulk_create(allocations, batch_size=5000)
-        parts = []
-        for allocation, i in zip(allocations, accepted):
-            for p in range(int(result.part_ptr[i]), int(result.part_ptr[i + 1])):
-                listing = listing_rows[int(result.part_listing_id[p])]
-                parts.append(AllocationPart(allocation_id=allocation.pk, listing_id=listing[0], node_id=listing[1],
-                                            cards=int(result.part_cards[p])))
-        AllocationPart.objects.bulk_create(parts, batch_size=5000)
-        reviews = [MatchReview(allocation_id=a.pk, reasons=flags[i]) for a, i in zip(allocations, accepted)
-                   if flags.get(i)]
+        # Set-based inserts: one statement each for allocations and parts (the ORM's per-value
+        # preparation costs seconds at tens of thousands of rows).
+        idx = np.array(accepted, dtype=np.int64)
+        first_part = result.part_listing_id[result.part_ptr[idx]] if idx.size else np.zeros(0, np.int64)
+        order_ids = result.order_id[idx].tolist()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO marketplace_allocation (order_id, supplier_id, kind, status, start_hour, end_hour, cards,"
+                " price_per_card_hour, price_rule, round_id, created_at, updated_at)"
+                " SELECT t.order_id, t.supplier_id, 'card_hours', t.status, t.start_hour, t.end_hour, t.cards, t.price,"
+                " %s, %s, %s, %s FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[],"
+                " %s::numeric[]) AS t(order_id, supplier_id, status, start_hour, end_hour, cards, price)"
+                " RETURNING id, order_id",
+                [result.price_rule, round_id, now, now, order_ids,
+                 [listing_rows[int(l)][2] for l in first_part],
+                 [Allocation.Status.PENDING_REVIEW if flags.get(i) else Allocation.Status.CONFIRMED for i in accepted],
+                 result.start_hour[idx].tolist(), result.end_hour[idx].tolist(), result.cards[idx].tolist(),
+                 [from_micro(int(p)) for p in result.price[idx]]])
+            # an order has at most one allocation per round, so the order id names its allocation
+            allocation_of = {order_id: pk for pk, order_id in cursor.fetchall()}
+            part_alloc, part_listing_ids, part_nodes, part_cards = [], [], [], []
+            for i in accepted:
+                pk = allocation_of[int(result.order_id[i])]
+                for p in range(int(result.part_ptr[i]), int(result.part_ptr[i + 1])):
+                    listing = listing_rows[int(result.part_listing_id[p])]
+                    part_alloc.append(pk)
+                    part_listing_ids.append(listing[0])
+                    part_nodes.append(listing[1])
+                    part_cards.append(int(result.part_cards[p]))
+            cursor.execute(
+                "INSERT INTO marketplace_allocationpart (allocation_id, listing_id, node_id, cards)"
+                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::int[])",
+                [part_alloc, part_listing_ids, part_nodes, part_cards])
+        reviews = [MatchReview(allocation_id=allocation_of[int(result.order_id[i])], reasons=flags[i])
+                   for i in accepted if flags.get(i)]
         MatchReview.objects.bulk_create(reviews, batch_size=5000)
         with connection.cursor() as cursor:
             if sold:

@@ -168,3 +168,15 @@ def test_token_orders_go_to_the_cheapest_endpoint_within_limits(buyer_client):
     assert allocation.kind == "tokens" and allocation.parts.get().listing_id == cheap.pk != dear.pk
     assert allocation.price_output_per_m == Decimal("2") and allocation.price_rule == "posted"
     assert not ListingHour.objects.filter(cards_sold__gt=0).exists()  # token sales do not consume card-hours
+
+
+@pytest.mark.django_db
+def test_long_bucket_names_fit_in_round_ids(buyer_client):
+    # a Moore Threads node at the Inner Mongolia hub: the longest vendor:hub, plus a Celery task id
+    mtt = ChipType.objects.get(code="moore-threads-mtt-s4000")
+    make_listing(NodeFactory(chip=mtt, region=Region.objects.get(code="CN-NM-HLG"), interconnect="roce"), ask="2")
+    post_order(buyer_client, chips=["moore-threads-mtt-s4000"], max_price_per_card_hour="3")
+    assert "moore-threads:inner-mongolia" in buckets_with_supply()
+    round_id = "moore-threads:inner-mongolia:" + "0b1f3c6e-8d2a-4c57-9e11-6f2d0a9b7c44"
+    outcome = services.round_run(bucket="moore-threads:inner-mongolia", round_id=round_id)
+    assert outcome.matches == 1 and Allocation.objects.get().round_id == round_id
