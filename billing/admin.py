@@ -1,0 +1,44 @@
+from django.contrib import admin
+
+from .models import Account, Entry, Transfer
+
+
+class ReadOnly(admin.ModelAdmin):
+    """Money moves only through billing.services.transfer_post; the admin shows, never edits."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Account)
+class AccountAdmin(ReadOnly):
+    list_display = ["id", "organisation", "kind", "currency", "balance", "allow_negative"]
+    list_filter = ["kind", "currency"]
+    search_fields = ["organisation__name"]
+
+
+class EntryInline(admin.TabularInline):
+    model = Entry
+    extra = 0
+    can_delete = False
+    readonly_fields = ["account", "amount"]
+
+
+@admin.register(Transfer)
+class TransferAdmin(ReadOnly):
+    list_display = ["id", "idempotency_id", "kind", "currency", "memo", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["idempotency_id", "memo"]
+    inlines = [EntryInline]
+
+
+@admin.register(Entry)
+class EntryAdmin(ReadOnly):
+    list_display = ["id", "transfer", "account", "amount"]
+    raw_id_fields = ["transfer", "account"]
