@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Account, Entry, Transfer
+from .models import Account, Entry, Hold, Transfer
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -42,3 +42,10 @@ class TransferAdmin(ReadOnly):
 class EntryAdmin(ReadOnly):
     list_display = ["id", "transfer", "account", "amount"]
     raw_id_fields = ["transfer", "account"]
+
+
+@admin.register(Hold)
+class HoldAdmin(ReadOnly):
+    list_display = ["id", "organisation", "reference", "amount", "posted_amount", "status", "expires_at"]
+    list_filter = ["status"]
+    search_fields = ["reference", "organisation__name"]

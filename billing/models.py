@@ -59,3 +59,29 @@ class Entry(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=~Q(amount=0), name="entry_nonzero")]
+
+
+class Hold(models.Model):
+    """Two-phase hold: money moved from the buyer's wallet to its held account, then posted
+    (possibly less, the rest released) or voided; voided automatically once it expires."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        POSTED = "posted"
+        VOIDED = "voided"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds")
+    reference = models.CharField(max_length=200, unique=True, help_text="e.g. order:123")
+    amount = models.DecimalField(**AMOUNT)
+    posted_amount = models.DecimalField(default=Decimal(0), **AMOUNT)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "expires_at"], name="hold_status_expiry")]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0) & Q(posted_amount__gte=0)
+                                   & Q(posted_amount__lte=models.F("amount")), name="hold_amounts_valid"),
+        ]

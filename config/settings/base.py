@@ -129,6 +129,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "orders-expire": {"task": "marketplace.orders_expire", "schedule": 300.0},
     "matching-rounds": {"task": "matching.run_all_rounds", "schedule": 60.0},
+    "holds-expire": {"task": "billing.holds_expire", "schedule": 60.0},
 }
 
 REST_FRAMEWORK = {

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import apis
+
+urlpatterns = [
+    path("wallet", apis.WalletApi.as_view(), name="wallet"),
+    path("admin/organisations/<int:organisation_id>/top-ups", apis.AdminTopUpApi.as_view(), name="admin-top-up"),
+]
