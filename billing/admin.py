@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Account, Entry, Hold, Transfer
+from .models import Account, Entry, Hold, Transfer, UsageEvent
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -49,3 +49,12 @@ class HoldAdmin(ReadOnly):
     list_display = ["id", "organisation", "reference", "amount", "posted_amount", "status", "expires_at"]
     list_filter = ["status"]
     search_fields = ["reference", "organisation__name"]
+
+
+@admin.register(UsageEvent)
+class UsageEventAdmin(ReadOnly):
+    list_display = ["id", "organisation", "event_id", "allocation", "occurred_at", "input_hit_tokens",
+                    "input_miss_tokens", "output_tokens", "amount", "settled"]
+    list_filter = ["settled"]
+    search_fields = ["event_id"]
+    raw_id_fields = ["allocation"]

@@ -85,3 +85,28 @@ class Hold(models.Model):
             models.CheckConstraint(condition=Q(amount__gt=0) & Q(posted_amount__gte=0)
                                    & Q(posted_amount__lte=models.F("amount")), name="hold_amounts_valid"),
         ]
+
+
+class UsageEvent(models.Model):
+    """Token usage reported by the supplier serving a token allocation, rated on arrival.
+    ``(organisation, event_id)`` is unique: a replayed event is answered, never counted twice."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="usage_events")
+    event_id = models.CharField(max_length=200)
+    allocation = models.ForeignKey("marketplace.Allocation", on_delete=models.PROTECT, related_name="usage_events")
+    occurred_at = models.DateTimeField()
+    input_hit_tokens = models.BigIntegerField()
+    input_miss_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    amount = models.DecimalField(**AMOUNT)
+    payload_hash = models.CharField(max_length=64)
+    settled = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "event_id"], name="usageevent_unique_per_org"),
+            models.CheckConstraint(condition=Q(input_hit_tokens__gte=0) & Q(input_miss_tokens__gte=0)
+                                   & Q(output_tokens__gte=0), name="usageevent_counts_nonnegative"),
+        ]
+        indexes = [models.Index(fields=["allocation", "settled"], name="usageevent_alloc_settled")]
