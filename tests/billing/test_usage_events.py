@@ -1,16 +1,15 @@
 """Token usage events through the API: rated once, replays answered, conflicts and strangers refused."""
-import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from billing.models import UsageEvent
 from marketplace import services as market
 from matching import services as matching
 
+from tests.concurrency import race
 from tests.factories import NodeFactory, make_listing
 from tests.marketplace.helpers import assert_error, tokens_body
 
@@ -82,21 +81,9 @@ def test_batch_reports_each_event(supplier_client, token_allocation):
 @pytest.mark.django_db(transaction=True)
 def test_duplicate_deliveries_racing_are_stored_once(supplier_client, token_allocation):
     body = _event(token_allocation, "race")
-    statuses = []
-    barrier = threading.Barrier(8)
-
-    def send():
-        try:
-            barrier.wait()
-            client = supplier_client.__class__(supplier_client.organisation, supplier_client.key)
-            statuses.append(client.post("/api/v1/usage-events", body, format="json").status_code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=send) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    client = supplier_client.__class__
+    statuses = [r.status_code for r in race([
+        lambda: client(supplier_client.organisation, supplier_client.key).post("/api/v1/usage-events", body,
+                                                                               format="json")] * 8)]
     assert sorted(statuses) == [200] * 7 + [201]
     assert UsageEvent.objects.filter(event_id="race").count() == 1

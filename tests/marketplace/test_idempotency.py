@@ -1,11 +1,9 @@
 """Idempotency-Key on creating orders and listings."""
-import threading
-
 import pytest
-from django.db import connection
 
 from marketplace.models import IdempotencyRecord, Listing, Order
 
+from tests.concurrency import race
 from tests.factories import NodeFactory
 
 from .helpers import assert_error, card_hours_body, listing_body
@@ -66,23 +64,10 @@ def test_concurrent_first_requests_with_one_key_create_once(client_for):
     # given 6 clients racing the same key on separate PostgreSQL connections
     buyer = client_for(is_buyer=True)
     body = card_hours_body()
-    barrier = threading.Barrier(6)
-    results = []
-
-    def post():
-        try:
-            barrier.wait()
-            client = buyer.__class__(buyer.organisation, buyer.key)
-            response = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="race")
-            results.append((response.status_code, response.json().get("id")))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=post) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    client = buyer.__class__
+    responses = race([lambda: client(buyer.organisation, buyer.key).post(
+        "/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="race")] * 6)
+    results = [(r.status_code, r.json().get("id")) for r in responses]
     # then exactly one order exists and every caller got it
     assert Order.objects.count() == 1
     assert {r for r in results} == {(201, Order.objects.get().pk)}

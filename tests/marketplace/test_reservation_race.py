@@ -1,15 +1,13 @@
 """Races real PostgreSQL connections for the same card-hour slots: exactly the capacity is sold."""
 import random
-import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
-
 from config.errors import CapacityUnavailable
 from marketplace import services
 from marketplace.models import Allocation, ListingHour, Order
 
+from tests.concurrency import race
 from tests.factories import NodeFactory, OrganisationFactory, make_listing
 
 from .helpers import card_hours_body
@@ -26,28 +24,6 @@ def _orders(buyer, n: int, **overrides) -> list[int]:
             for _ in range(n)]
 
 
-def _race(jobs) -> list[object]:
-    """Run each job on its own thread (so its own database connection), all released at once."""
-    barrier = threading.Barrier(len(jobs))
-    results: list[object] = [None] * len(jobs)
-
-    def run(index, job):
-        try:
-            barrier.wait()
-            results[index] = job()
-        except Exception as exc:  # recorded and asserted on below
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
-
-
 def test_twelve_buyers_race_for_eight_cards_and_exactly_eight_win():
     # given one 8-card node listed for 24 hours and 12 one-card orders for the same 3 hours
     listing = make_listing(NodeFactory(), ask="10")
@@ -55,7 +31,7 @@ def test_twelve_buyers_race_for_eight_cards_and_exactly_eight_win():
     orders = _orders(OrganisationFactory(), 12, cards=1)
 
     # when all 12 reserve at once on separate connections
-    results = _race([
+    results = race([
         (lambda oid=oid: services.slots_reserve(order_id=oid, claims=[services.SlotClaim(listing.pk, 1)],
                                                 start_hour=start, end_hour=start + 3,
                                                 price_per_card_hour=Decimal("10")))
@@ -94,7 +70,7 @@ def test_overlapping_windows_and_mixed_sizes_never_oversell_any_hour():
             order_id=oid, claims=claims, start_hour=first + offset, end_hour=first + offset + 3,
             price_per_card_hour=Decimal("10")))
 
-    results = _race(jobs)
+    results = race(jobs)
 
     # then nothing but clean wins and capacity refusals came back
     assert all(isinstance(r, (Allocation, CapacityUnavailable)) for r in results), results
@@ -124,7 +100,7 @@ def test_cancel_racing_reservations_keeps_the_calendar_exact():
     jobs += [(lambda oid=oid: services.slots_reserve(order_id=oid, claims=[services.SlotClaim(listing.pk, 4)],
                                                      start_hour=start, end_hour=start + 3,
                                                      price_per_card_hour=Decimal("10"))) for oid in others]
-    results = _race(jobs)
+    results = race(jobs)
 
     # then 1 or 2 of the others won (depending on timing) and the calendar matches exactly
     wins = [r for r in results[1:] if isinstance(r, Allocation)]
