@@ -343,7 +343,7 @@ class ListingOutput(serializers.ModelSerializer):
                 "price_output_per_m": str(listing.price_output_per_m)}
 
     def get_card_hours(self, listing: Listing) -> dict:
-        return selectors.listing_sold_card_hours(listing=listing)
+        return selectors.listing_card_hours(listing=listing)
 
 
 class ListingListCreateApi(OrganisationScopedListMixin, generics.ListAPIView):

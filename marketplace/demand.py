@@ -202,11 +202,25 @@ def region_info(region: Region, by_id: dict[int, Region]) -> RegionInfo:
     return RegionInfo(code=region.code, lat=region.lat, lon=region.lon, ancestors=frozenset(ancestors), province=province)
 
 
-def region_rule(*, policy: str, allowed_codes: list[str], home_region: Region | None, by_id: dict[int, Region],
+def regions_by_id() -> dict[int, Region]:
+    return {r.pk: r for r in Region.objects.all()}
+
+
+def region_rule(*, policy: str, allowed_codes, home_region_id: int | None, by_id: dict[int, Region],
                 lat: float | None, lon: float | None, radius_km: float | None) -> RegionRule:
-    own = region_info(home_region, by_id).province if home_region is not None else None
+    """A region policy as plain data for the pure rules; 'own province' is the province of the
+    buyer organisation's home region."""
+    home = by_id.get(home_region_id) if home_region_id else None
+    own = region_info(home, by_id).province if home is not None else None
     return RegionRule(policy=policy, allowed=frozenset(allowed_codes), own_province=own,
                       center=(lat, lon) if lat is not None and lon is not None else None, radius_km=radius_km)
+
+
+def order_region_rule(order: Order, by_id: dict[int, Region]) -> RegionRule:
+    """The region rule an order carries (allowed regions prefetched where many orders are read)."""
+    return region_rule(policy=order.region_policy, allowed_codes=[r.code for r in order.allowed_regions.all()],
+                       home_region_id=order.organisation.home_region_id, by_id=by_id, lat=order.center_lat,
+                       lon=order.center_lon, radius_km=order.radius_km)
 
 
 def demand_from_order(order: Order) -> CardHoursDemand:

@@ -6,14 +6,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.errors import NotFound
 from matching.engine.calendar import earliest_run
 from matching.engine.geo import region_allows
 
-from .demand import (CardHoursDemand, TokensDemand, region_info, region_rule, resolve_card_hours,
+from .demand import (CardHoursDemand, TokensDemand, region_info, region_rule, regions_by_id, resolve_card_hours,
                      resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start
 from .models import Allocation, ApiKey, Listing, ListingHour, Node, Order, Organisation, Region
@@ -34,7 +35,10 @@ def node_get(*, organisation: Organisation, node_id: int) -> Node:
 
 
 def listing_list(*, organisation: Organisation) -> QuerySet[Listing]:
-    return Listing.objects.filter(organisation=organisation).select_related("node", "node__chip", "token_model")
+    """With ``offered_card_hours`` and ``sold_card_hours`` summed in the same query."""
+    return (Listing.objects.filter(organisation=organisation).select_related("node", "node__chip", "token_model")
+            .annotate(offered_card_hours=Coalesce(Sum("hours__cards_offered"), 0),
+                      sold_card_hours=Coalesce(Sum("hours__cards_sold"), 0)))
 
 
 def listing_get(*, organisation: Organisation, listing_id: int) -> Listing:
@@ -61,13 +65,13 @@ def allocation_get(*, organisation: Organisation, allocation_id: int) -> Allocat
     return _get(allocation_list(organisation=organisation), allocation_id, "allocation")
 
 
-def listing_sold_card_hours(*, listing: Listing) -> dict[str, int]:
-    rows = ListingHour.objects.filter(listing=listing).values_list("cards_offered", "cards_sold")
-    offered = sold = 0
-    for o, s in rows:
-        offered += o
-        sold += s
-    return {"offered": offered, "sold": sold}
+def listing_card_hours(*, listing: Listing) -> dict[str, int]:
+    """Offered and sold card-hours: the list annotation when present, else one aggregate query."""
+    if hasattr(listing, "offered_card_hours"):
+        return {"offered": listing.offered_card_hours, "sold": listing.sold_card_hours}
+    totals = ListingHour.objects.filter(listing=listing).aggregate(offered=Coalesce(Sum("cards_offered"), 0),
+                                                                   sold=Coalesce(Sum("cards_sold"), 0))
+    return {"offered": totals["offered"], "sold": totals["sold"]}
 
 
 def _get(queryset: QuerySet, pk: int, noun: str):
@@ -89,10 +93,6 @@ class _Offer:
     nodes: int
 
 
-def _regions() -> dict[int, Region]:
-    return {r.pk: r for r in Region.objects.all()}
-
-
 def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> dict:
     """What the market offers for this demand right now, without creating anything.
 
@@ -101,10 +101,9 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> 
     minimum rental). It is *feasible* when its ask is also within the buyer's limit.
     """
     resolved = resolve_card_hours(demand, organisation=organisation)
-    by_id = _regions()
-    home = by_id.get(organisation.home_region_id) if organisation.home_region_id else None
+    by_id = regions_by_id()
     rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in resolved.regions],
-                       home_region=home, by_id=by_id, lat=demand.region.lat, lon=demand.region.lon,
+                       home_region_id=organisation.home_region_id, by_id=by_id, lat=demand.region.lat, lon=demand.region.lon,
                        radius_km=demand.region.radius_km)
     cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
     first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
@@ -219,10 +218,9 @@ class _TokenOffer:
 
 def quote_tokens(*, organisation: Organisation, demand: TokensDemand) -> dict:
     model, regions = resolve_tokens(demand, organisation=organisation)
-    by_id = _regions()
-    home = by_id.get(organisation.home_region_id) if organisation.home_region_id else None
-    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in regions], home_region=home,
-                       by_id=by_id, lat=demand.region.lat, lon=demand.region.lon, radius_km=demand.region.radius_km)
+    by_id = regions_by_id()
+    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in regions],
+                       home_region_id=organisation.home_region_id, by_id=by_id, lat=demand.region.lat, lon=demand.region.lon, radius_km=demand.region.radius_km)
     now = timezone.now()
     hit = Decimal(demand.expected_input_tokens) * demand.expected_cache_hit_ratio
     miss = Decimal(demand.expected_input_tokens) - hit

@@ -18,9 +18,9 @@ from django.utils import timezone
 from config.errors import CapacityUnavailable, Conflict, InvalidTransition, NotFound, ValidationFailed
 
 from .authentication import KEY_SCHEME, hash_key
-from .demand import (CardHoursDemand, TokensDemand, region_info, region_rule, resolve_card_hours,
-                     resolve_tokens)
-from .hours import current_hour_index, hour_index, is_whole_hour
+from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, order_region_rule, region_info, regions_by_id,
+                     resolve_card_hours, resolve_tokens)
+from .hours import current_hour_index, hour_index, hour_start, is_whole_hour
 from matching.engine.geo import region_allows
 
 from .models import (AIModel, Allocation, AllocationPart, ApiKey, ChipType, Interconnect, Listing,
@@ -175,7 +175,6 @@ def listing_create(*, organisation: Organisation, node_id: int, cards: int, star
         taken = list(ListingHour.objects.filter(node=node, hour__gte=first, hour__lt=last)
                      .order_by("hour").values_list("hour", flat=True)[:1])
         if taken:
-            from .hours import hour_start
             raise Conflict(f"This node is already listed for the hour starting {hour_start(taken[0]).isoformat()}; "
                            "change or withdraw that listing first.", fields={"start": ["Overlaps another listing."]},
                            code="listing_overlap")
@@ -410,11 +409,8 @@ def _check_claim(*, order: Order, listings: dict[int, Listing], cards_by_listing
         raise ValidationFailed.on("claims", "The hours fall outside the order's window.")
     if price > order.max_price_per_card_hour:
         raise ValidationFailed.on("claims", "The price is above the buyer's limit.")
-    by_id = {r.pk: r for r in Region.objects.all()}
-    home = by_id.get(order.organisation.home_region_id) if order.organisation.home_region_id else None
-    rule = region_rule(policy=order.region_policy, allowed_codes=[r.code for r in order.allowed_regions.all()],
-                       home_region=home, by_id=by_id, lat=order.center_lat, lon=order.center_lon,
-                       radius_km=order.radius_km)
+    by_id = regions_by_id()
+    rule = order_region_rule(order, by_id)
     for listing in chosen:
         if listing.status != Listing.Status.ACTIVE or listing.serves_tokens:
             raise CapacityUnavailable(f"Listing {listing.pk} is not selling card-hours.")
@@ -462,9 +458,6 @@ def order_expire_due(*, now=None) -> int:
     Locks each order row (skipping any a matching round holds) before changing it."""
     now = now or timezone.now()
     next_hour = current_hour_index(now) + 1
-    from .demand import MAX_DURATION_HOURS
-    from .hours import hour_start
-
     horizon = hour_start(next_hour + MAX_DURATION_HOURS)
     due = [pk for pk, latest_end, duration in Order.objects.filter(
         status=Order.Status.OPEN, kind=Order.Kind.CARD_HOURS, latest_end__lt=horizon,

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
+from config.errors import NotFound
 from marketplace.actors import actor_for_request
 from marketplace.permissions import IsPlatformAdmin
 
@@ -101,8 +102,6 @@ class ReviewDetailApi(APIView):
     def get(self, request, review_id: int):
         review = selectors.review_list().filter(pk=review_id).first()
         if review is None:
-            from config.errors import NotFound
-
             raise NotFound("No such review.")
         return Response(ReviewOutput(review).data)
 

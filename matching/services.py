@@ -17,14 +17,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from config.errors import InvalidTransition, NotFound, Unavailable, ValidationFailed
-from marketplace.demand import region_info
+from marketplace.demand import order_region_rule, region_info
 from marketplace.hours import current_hour_index, hour_index, hour_start
 from marketplace.models import (Allocation, AllocationPart, Listing, ListingHour, Node, Order, Organisation,
                                 Region)
 from marketplace.services import _allocation_release_locked
 
 from .engine.engine import run_engine
-from .engine.geo import RegionRule
 from .engine.types import EngineParams, EngineResult, from_micro
 from .models import FailureImpact, MatchReview, MatchRound, NodeFailure, RejectedPairing, ReviewPolicy
 from .snapshot import load_snapshot
@@ -71,10 +70,9 @@ def round_run(*, bucket: str, round_id: str | None = None, price_rule: str | Non
     params = EngineParams(excluded_pairs=snapshot.excluded_pairs, price_rule=price_rule or EngineParams.price_rule)
     result = run_engine(snapshot.supply, snapshot.demand, params)
     t2 = time.perf_counter()
-    outcome = round_persist(round_id=round_id, bucket=bucket, result=result, price_rule=params.price_rule,
-                            orders_considered=snapshot.demand.size, listings_considered=snapshot.supply.size,
-                            timings=(t1 - t0, t2 - t1), pause_before_commit=pause_before_commit)
-    return outcome
+    return round_persist(round_id=round_id, bucket=bucket, result=result, price_rule=params.price_rule,
+                         orders_considered=snapshot.demand.size, listings_considered=snapshot.supply.size,
+                         timings=(t1 - t0, t2 - t1), pause_before_commit=pause_before_commit)
 
 
 def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rule: str, orders_considered: int = 0,
@@ -277,12 +275,7 @@ def _token_round(*, round_id: str, now=None) -> RoundOutcome:
                   .select_related("organisation").prefetch_related("allowed_regions").order_by("pk"))
     specs = []
     for o in orders:
-        home = by_id.get(o.organisation.home_region_id)
-        rule = RegionRule(policy=o.region_policy, allowed=frozenset(r.code for r in o.allowed_regions.all()),
-                          own_province=infos[home.pk].province if home else None,
-                          center=(o.center_lat, o.center_lon) if o.center_lat is not None else None,
-                          radius_km=o.radius_km)
-        specs.append(TokenOrderSpec(order_id=o.pk, model_id=o.token_model_id, rule=rule,
+        specs.append(TokenOrderSpec(order_id=o.pk, model_id=o.token_model_id, rule=order_region_rule(o, by_id),
                                     input_tokens=o.expected_input_tokens or 0, output_tokens=o.expected_output_tokens or 0,
                                     cache_hit_ratio=o.expected_cache_hit_ratio or Decimal(0),
                                     max_input_hit=o.max_price_input_hit_per_m, max_input_miss=o.max_price_input_miss_per_m,

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.text import slugify
 
-from marketplace.demand import region_info
+from marketplace.demand import region_info, region_rule
 from marketplace.hours import current_hour_index, hour_index
 from marketplace.models import Allocation, ChipType, Listing, Node, Order, Region
 from matching.engine.geo import RegionRule, region_allows
@@ -78,12 +78,12 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
     hubs = {r.pk: hub_of(r, by_id) for r in regions}
     hub_index = {h: i for i, h in enumerate(sorted(set(hubs.values())))}
     chips = {c.pk: vendor_slug(c.vendor) for c in ChipType.objects.all()}
-    wanted_chips = [pk for pk, v in chips.items() if vendor in ("*", v)]
+    wanted_chips = {pk for pk, v in chips.items() if vendor in ("*", v)}
 
     # --- supply -----------------------------------------------------------------------------
     listings = Listing.objects.filter(
         status=Listing.Status.ACTIVE, token_model__isnull=True, node__status=Node.Status.ACTIVE,
-        node__chip_id__in=wanted_chips, end__gt=now,
+        node__chip_id__in=list(wanted_chips), end__gt=now,
     ).values_list("pk", "node_id", "organisation_id", "node__chip_id", "node__region_id", "node__interconnect",
                   "node__fabric_id", "ask_per_card_hour", "min_cards", "min_hours")
     rows = [row for row in listings if hub in ("*", hubs[row[4]])]
@@ -123,11 +123,8 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
     infos = {r.pk: region_info(r, by_id) for r in regions}
     o_rule, opt_ptr, opt_chip, opt_cards = [], [0], [], []
     for r in demand_rows:
-        home = by_id.get(r["home_region_id"]) if r["home_region_id"] else None
-        rule = RegionRule(policy=r["region_policy"], allowed=frozenset(r["regions"]),
-                          own_province=infos[home.pk].province if home else None,
-                          center=(r["center_lat"], r["center_lon"]) if r["center_lat"] is not None else None,
-                          radius_km=r["radius_km"])
+        rule = region_rule(policy=r["region_policy"], allowed_codes=r["regions"], home_region_id=r["home_region_id"],
+                           by_id=by_id, lat=r["center_lat"], lon=r["center_lon"], radius_km=r["radius_km"])
         o_rule.append(rules.setdefault(rule, len(rules)))
         for chip_id, cards in r["options"]:
             opt_chip.append(chip_id)
@@ -158,12 +155,12 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
                     listing_supplier={int(r[0]): int(r[2]) for r in rows})
 
 
-def _open_orders(chip_ids: list[int]) -> list[dict]:
+def _open_orders(chip_ids: set[int]) -> list[dict]:
     """Open card-hour orders accepting one of these chips, without a live allocation (one under
     review is live), each with its chip options and allowed regions."""
     live = Allocation.objects.filter(status__in=Allocation.ACTIVE).values("order_id")
     orders = list(Order.objects.filter(status=Order.Status.OPEN, kind=Order.Kind.CARD_HOURS,
-                                       chip_options__chip_id__in=chip_ids)
+                                       chip_options__chip_id__in=list(chip_ids))
                   .exclude(pk__in=live).distinct().order_by("pk")
                   .values("id", "duration_hours", "earliest_start", "latest_end", "max_price_per_card_hour",
                           "interconnects", "placement", "region_policy", "center_lat", "center_lon", "radius_km",

@@ -25,10 +25,11 @@ def flatten_errors(detail, prefix: str = "") -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = "non_field_errors" if key in ("non_field_errors", "__all__") and not prefix else (
-                f"{prefix}.{key}" if prefix else str(key))
-            if key in ("non_field_errors", "__all__") and prefix:
-                name = prefix
+            # a nested object's own errors belong to the object's path
+            if key in ("non_field_errors", "__all__"):
+                name = prefix or "non_field_errors"
+            else:
+                name = f"{prefix}.{key}" if prefix else str(key)
             for k, v in flatten_errors(value, name).items():
                 out.setdefault(k, []).extend(v)
     elif isinstance(detail, list):

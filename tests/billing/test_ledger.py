@@ -1,5 +1,4 @@
 """The ledger on the real PostgreSQL: balanced in the database, no overdraft, idempotent, race-safe."""
-import threading
 from decimal import Decimal
 
 import pytest
@@ -9,6 +8,7 @@ from django.db.models import Sum
 from billing import services
 from billing.models import Account, Entry, Transfer
 
+from tests.concurrency import race
 from tests.factories import OrganisationFactory
 
 
@@ -70,26 +70,11 @@ def test_the_database_itself_refuses_an_unbalanced_transfer_and_an_overdraft():
 def test_racing_spends_and_duplicate_deliveries_never_overdraw_or_double_post():
     external, wallet, held = _accounts()
     services.transfer_post(idempotency_id="topup", kind="top_up", legs=[(external.pk, -50), (wallet.pk, 50)])
-    barrier = threading.Barrier(16)
-    results = []
-
-    def spend(i):
-        try:
-            barrier.wait()
-            # 8 distinct holds of 10 (only 5 fit) and 8 deliveries of one duplicated event
-            key = f"hold-{i}" if i < 8 else "event-dup"
-            results.append(services.transfer_post(idempotency_id=key, kind="hold",
-                                                  legs=[(wallet.pk, -10), (held.pk, 10)])[1])
-        except services.InsufficientFunds:
-            results.append("insufficient")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=spend, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # 8 distinct holds of 10 (only 5 fit) and 8 deliveries of one duplicated event, all at once
+    outcomes = race([lambda key=(f"hold-{i}" if i < 8 else "event-dup"): services.transfer_post(
+        idempotency_id=key, kind="hold", legs=[(wallet.pk, -10), (held.pk, 10)]) for i in range(16)])
+    assert all(isinstance(o, (tuple, services.InsufficientFunds)) for o in outcomes), outcomes
+    results = [o[1] if isinstance(o, tuple) else "insufficient" for o in outcomes]
     wallet.refresh_from_db()
     posted = Transfer.objects.filter(kind="hold").count()
     assert posted == 5 and wallet.balance == 0  # exactly what the money allowed

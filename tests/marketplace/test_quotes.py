@@ -92,3 +92,4 @@ def test_token_listings_are_not_sold_as_card_hours(buyer_client):
 def test_quote_validates_like_an_order(buyer_client):
     assert_error(buyer_client.post("/api/v1/quotes", card_hours_body(chips=["nope"]), format="json"), 400,
                  field="chips")
+

@@ -1,9 +1,7 @@
 """Matching rounds against the real PostgreSQL: persistence, idempotency, stale snapshots, races."""
-import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from marketplace import services as market
 from marketplace.models import Allocation, ChipType, ListingHour, Order, Region
@@ -12,6 +10,7 @@ from matching.engine.engine import run_engine
 from matching.models import MatchRound
 from matching.snapshot import buckets_with_supply, load_snapshot
 
+from tests.concurrency import race
 from tests.factories import NodeFactory, OrganisationFactory, make_listing
 
 from .helpers import assert_calendar_consistent, assert_prices_rational, post_order
@@ -122,24 +121,9 @@ def test_concurrent_rounds_on_overlapping_buckets_never_sell_a_slot_twice():
             chips=["nvidia-h800-sxm"], cards=[2, 4, 8, 12][i % 4],
             placement="same_fabric" if i % 4 == 3 else "single_node", region=RegionPolicySpec()))
     buckets = ["*:*", "nvidia:*", "nvidia:guizhou", "*:guizhou", "*:*", "nvidia:*"]
-    barrier = threading.Barrier(len(buckets))
-    errors = []
-
-    def run(bucket):
-        try:
-            barrier.wait()
-            services.round_run(bucket=bucket)
-        except Exception as exc:  # asserted below
-            errors.append(exc)
-        finally:
-            connection.close()
-
     # when six rounds over overlapping buckets run at once on separate connections
-    threads = [threading.Thread(target=run, args=(b,)) for b in buckets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    outcomes = race([lambda b=b: services.round_run(bucket=b) for b in buckets])
+    errors = [o for o in outcomes if isinstance(o, Exception)]
     # then nothing failed, every sale is accounted for exactly once, and prices are fair
     assert not errors, errors
     assert MatchRound.objects.count() == len(buckets)
