@@ -3,99 +3,325 @@ events is a handful of statements.
 
 Contract per event: ``event_id`` unique per reporting organisation; the same id with the same
 payload answers ``replayed`` with the original result; with a different payload ``conflict``.
-Refused (``rejected``, nothing stored): an allocation that is not a live token allocation
-supplied by the caller, or ``occurred_at`` older than ``MAX_EVENT_AGE`` or in the future.
+Accepted for a token allocation supplied by the caller that is ``confirmed``, ``running``,
+``completed`` or ``interrupted``: usage that arrives after the allocation ended is still taken
+(settlement charges it later), as long as ``occurred_at`` is within the last ``MAX_EVENT_AGE``
+and not more than ``CLOCK_SKEW`` in the future. Refused (``rejected``, nothing stored): any
+other allocation (another supplier's, not a token allocation, ``pending_review`` or
+``released``), or ``occurred_at`` outside that window.
+
+Validation (``usage_event_parse`` / ``usage_batch_parse``) is plain Python on the decoded JSON,
+with the messages DRF's serializer fields give, so the single and batch endpoints answer alike.
+Integers must be JSON integers (or integer strings); booleans and floats are refused, and so is a
+datetime without a time zone.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import re
+from datetime import datetime, timedelta, timezone as dt_timezone
+from typing import NamedTuple
 
 from django.db import connection
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
+from config.errors import ValidationFailed
 from marketplace.models import Allocation
 
-from .models import UsageEvent
 from .rating import TokenPrices, rate_tokens
 
 MAX_EVENT_AGE = timedelta(days=7)
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_BATCH = 1000
+MAX_TOKENS = 10**12
+MAX_EVENT_ID = 200
+# Token allocations that take usage: live ones, and ended ones (late events are settled later).
+USAGE_STATUSES = (Allocation.Status.CONFIRMED, Allocation.Status.RUNNING, Allocation.Status.COMPLETED,
+                  Allocation.Status.INTERRUPTED)
+_BIGINT = 2**63 - 1
+_UTC = dt_timezone.utc
 
 
-@dataclass(frozen=True)
-class UsageIn:
+class UsageIn(NamedTuple):
     event_id: str
     allocation_id: int
-    occurred_at: datetime
+    occurred_at: datetime  # aware, in UTC
     input_hit_tokens: int
     input_miss_tokens: int
     output_tokens: int
 
     def payload_hash(self) -> str:
-        body = [self.allocation_id, self.occurred_at.isoformat(), self.input_hit_tokens, self.input_miss_tokens,
-                self.output_tokens]
-        return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+        # sha256 of json.dumps([allocation, occurred_at.isoformat(), hit, miss, out]), spelled out.
+        return hashlib.sha256(f'[{self.allocation_id}, "{self.occurred_at.isoformat()}", {self.input_hit_tokens}, '
+                              f'{self.input_miss_tokens}, {self.output_tokens}]'.encode()).hexdigest()
+
+
+# --- validation ------------------------------------------------------------------------------------
+# The messages are DRF's (CharField, IntegerField, DateTimeField, Serializer, ListSerializer).
+
+REQUIRED = "This field is required."
+NULL = "This field may not be null."
+NO_DATA = "No data provided"
+BLANK = "This field may not be blank."
+NOT_A_STRING = "Not a valid string."
+TOO_LONG = f"Ensure this field has no more than {MAX_EVENT_ID} characters."
+NULL_CHARACTERS = "Null characters are not allowed."
+NOT_AN_INTEGER = "A valid integer is required."
+STRING_TOO_LARGE = "String value too large."
+BAD_DATETIME = ("Datetime has wrong format. Use one of these formats instead: "
+                "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].")
+NAIVE_DATETIME = ("Datetime has no time zone. Add a UTC offset or Z: "
+                  "YYYY-MM-DDThh:mm[:ss[.uuuuuu]](+HH:MM|-HH:MM|Z).")
+DATETIME_OVERFLOW = "Datetime value out of range."
+EMPTY_LIST = "This list may not be empty."
+LIST_TOO_LONG = f"Ensure this field has no more than {MAX_BATCH} elements."
+_MISSING = object()
+_DECIMAL_TAIL = re.compile(r"\.0*\s*$")  # DRF's IntegerField accepts "12.0" strings
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _not_a_dict(value) -> str:
+    return f"Invalid data. Expected a dictionary, but got {type(value).__name__}."
+
+
+def _event_id(value) -> tuple[str | None, list[str] | None]:
+    if value is _MISSING:
+        return None, [REQUIRED]
+    if type(value) is str:
+        value = value.strip()
+        if not value:
+            return None, [BLANK]
+    elif value is None:
+        return None, [NULL]
+    elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None, [NOT_A_STRING]
+    else:  # DRF's CharField takes numbers as their text
+        value = str(value).strip()
+    errors = []
+    if len(value) > MAX_EVENT_ID:
+        errors.append(TOO_LONG)
+    if "\x00" in value:
+        errors.append(NULL_CHARACTERS)
+    if not value.isascii() and (surrogate := _SURROGATE.search(value)):
+        errors.append(f"Surrogate characters are not allowed: U+{ord(surrogate.group()):X}.")
+    return (None, errors) if errors else (value, None)
+
+
+def _integer(value, *, default, minimum: int, maximum: int | None) -> tuple[int | None, list[str] | None]:
+    if value is _MISSING:
+        return (default, None) if default is not None else (None, [REQUIRED])
+    if value is None:
+        return None, [NULL]
+    if type(value) is not int:
+        if type(value) is not str:  # bools and floats too: a count is a JSON integer
+            return None, [NOT_AN_INTEGER]
+        if len(value) > 1000:
+            return None, [STRING_TOO_LARGE]
+        try:
+            value = int(_DECIMAL_TAIL.sub("", value))
+        except ValueError:
+            return None, [NOT_AN_INTEGER]
+    if maximum is not None and value > maximum:
+        return None, [f"Ensure this value is less than or equal to {maximum}."]
+    if value < minimum:
+        return None, [f"Ensure this value is greater than or equal to {minimum}."]
+    return value, None
+
+
+def _datetime(value) -> tuple[datetime | None, list[str] | None]:
+    if value is _MISSING:
+        return None, [REQUIRED]
+    if value is None:
+        return None, [NULL]
+    try:
+        parsed = parse_datetime(value)  # datetime.fromisoformat, then Django's looser pattern
+    except (ValueError, TypeError):
+        parsed = None
+    if parsed is None:
+        return None, [BAD_DATETIME]
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        return None, [NAIVE_DATETIME]
+    try:
+        return parsed.astimezone(_UTC), None
+    except OverflowError:
+        return None, [DATETIME_OVERFLOW]
+
+
+def _event_slow(item) -> tuple[UsageIn | None, dict[str, list[str]] | list[str]]:
+    """One event, every field checked; errors as DRF gives them (a dict by field, or a list for
+    an item that is not an object)."""
+    if item is None:
+        return None, [NULL]
+    if not isinstance(item, dict):
+        return None, [_not_a_dict(item)]
+    get = item.get
+    values, errors = {}, {}
+    for name, (value, error) in (
+            ("event_id", _event_id(get("event_id", _MISSING))),
+            ("allocation", _integer(get("allocation", _MISSING), default=None, minimum=1, maximum=None)),
+            ("occurred_at", _datetime(get("occurred_at", _MISSING))),
+            ("input_hit_tokens", _integer(get("input_hit_tokens", _MISSING), default=0, minimum=0,
+                                          maximum=MAX_TOKENS)),
+            ("input_miss_tokens", _integer(get("input_miss_tokens", _MISSING), default=0, minimum=0,
+                                           maximum=MAX_TOKENS)),
+            ("output_tokens", _integer(get("output_tokens", _MISSING), default=0, minimum=0, maximum=MAX_TOKENS))):
+        if error:
+            errors[name] = error
+        values[name] = value
+    if errors:
+        return None, errors
+    return UsageIn(values["event_id"], values["allocation"], values["occurred_at"], values["input_hit_tokens"],
+                   values["input_miss_tokens"], values["output_tokens"]), {}
+
+
+def _events_parse(items: list) -> tuple[list[UsageIn], dict[str, list[str]]]:
+    """Validate decoded JSON events. Returns (events, errors by "index.field"); the common,
+    well-formed event takes the first branch, anything else is checked field by field."""
+    events: list[UsageIn] = []
+    errors: dict[str, list[str]] = {}
+    fromisoformat = datetime.fromisoformat
+    for index, item in enumerate(items):
+        if type(item) is dict:
+            get = item.get
+            event_id, allocation, at = get("event_id"), get("allocation"), get("occurred_at")
+            hit, miss, out = get("input_hit_tokens", 0), get("input_miss_tokens", 0), get("output_tokens", 0)
+            if (type(event_id) is str and type(allocation) is int and type(at) is str and type(hit) is int
+                    and type(miss) is int and type(out) is int and allocation >= 1 and 0 <= hit <= MAX_TOKENS
+                    and 0 <= miss <= MAX_TOKENS and 0 <= out <= MAX_TOKENS and event_id.isascii()
+                    and "\x00" not in event_id):
+                event_id = event_id.strip()
+                if 0 < len(event_id) <= MAX_EVENT_ID:
+                    try:
+                        moment = fromisoformat(at)
+                    except ValueError:
+                        moment = None
+                    if moment is not None and moment.tzinfo is _UTC:
+                        events.append(UsageIn(event_id, allocation, moment, hit, miss, out))
+                        continue
+        event, problems = _event_slow(item)
+        if event is not None:
+            events.append(event)
+        elif isinstance(problems, list):
+            errors[str(index)] = problems
+        else:
+            for name, messages in problems.items():
+                errors[f"{index}.{name}"] = messages
+    return events, errors
+
+
+def _refuse(fields: dict[str, list[str]]) -> ValidationFailed:
+    message = fields["non_field_errors"][0] if set(fields) == {"non_field_errors"} else "Invalid input."
+    return ValidationFailed(message, fields=fields)
+
+
+def usage_event_parse(data) -> UsageIn:
+    """One event from a decoded JSON body, or ``ValidationFailed`` with errors by field."""
+    if data is None:
+        raise _refuse({"non_field_errors": [NO_DATA]})
+    if not isinstance(data, dict):
+        raise _refuse({"non_field_errors": [_not_a_dict(data)]})
+    events, errors = _events_parse([data])
+    if errors:
+        raise _refuse({key.partition(".")[2]: messages for key, messages in errors.items()})
+    return events[0]
+
+
+def usage_batch_parse(data) -> list[UsageIn]:
+    """``{"events": [...]}`` (1 to 1,000) from a decoded JSON body, or ``ValidationFailed`` with
+    errors by dotted path, e.g. ``events.3.occurred_at``."""
+    if data is None:
+        raise _refuse({"non_field_errors": [NO_DATA]})
+    if not isinstance(data, dict):
+        raise _refuse({"non_field_errors": [_not_a_dict(data)]})
+    items = data.get("events", _MISSING)
+    if items is _MISSING:
+        raise _refuse({"events": [REQUIRED]})
+    if items is None:
+        raise _refuse({"events": [NULL]})
+    if not isinstance(items, list):
+        raise _refuse({"events": [f'Expected a list of items but got type "{type(items).__name__}".']})
+    if not items:
+        raise _refuse({"events": [EMPTY_LIST]})
+    if len(items) > MAX_BATCH:
+        raise _refuse({"events": [LIST_TOO_LONG]})
+    events, errors = _events_parse(items)
+    if errors:
+        raise _refuse({f"events.{key}": messages for key, messages in errors.items()})
+    return events
+
+
+# --- recording -------------------------------------------------------------------------------------
+
+_INSERT = (
+    "INSERT INTO billing_usageevent (organisation_id, event_id, allocation_id, occurred_at, input_hit_tokens,"
+    " input_miss_tokens, output_tokens, amount, payload_hash, settled, created_at)"
+    " SELECT %s, t.event_id, t.allocation_id, t.occurred_at, t.hit, t.miss, t.out, t.amount, t.hash, false, %s"
+    " FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::bigint[],"
+    " %s::numeric[], %s::text[]) AS t(event_id, allocation_id, occurred_at, hit, miss, out, amount, hash)"
+    " ON CONFLICT (organisation_id, event_id) DO NOTHING RETURNING event_id")
+_STORED = ("SELECT event_id, payload_hash, amount FROM billing_usageevent"
+           " WHERE organisation_id = %s AND event_id = ANY(%s::text[])")
 
 
 def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None) -> list[dict]:
     """Record events; returns one result per event, in order: {event_id, status, amount?, error?}
     with status created | replayed | conflict | rejected."""
     now = now or timezone.now()
-    allocations = {a.pk: a for a in Allocation.objects.filter(
-        pk__in={e.allocation_id for e in events}, supplier_id=organisation_id, kind="tokens",
-        status__in=Allocation.ACTIVE)}
+    oldest, newest = now - MAX_EVENT_AGE, now + CLOCK_SKEW
+    wanted = {e.allocation_id for e in events if e.allocation_id <= _BIGINT}
+    prices = {pk: TokenPrices(hit, miss, out) for pk, hit, miss, out in Allocation.objects.filter(
+        pk__in=wanted, supplier_id=organisation_id, kind="tokens", status__in=USAGE_STATUSES).values_list(
+        "pk", "price_input_hit_per_m", "price_input_miss_per_m", "price_output_per_m")} if wanted else {}
     results: list[dict | None] = [None] * len(events)
-    rows = []
-    seen: dict[str, int] = {}
+    first: dict[str, int] = {}  # event id -> index of its first acceptable occurrence
+    hashes: list[str | None] = [None] * len(events)
+    ids, allocations, moments, hits, misses, outs, amounts = [], [], [], [], [], [], []
     for i, event in enumerate(events):
-        allocation = allocations.get(event.allocation_id)
-        if allocation is None:
-            results[i] = {"event_id": event.event_id, "status": "rejected",
-                          "error": {"allocation": ["No live token allocation of yours has this id."]}}
-        elif event.occurred_at < now - MAX_EVENT_AGE or event.occurred_at > now + CLOCK_SKEW:
-            results[i] = {"event_id": event.event_id, "status": "rejected",
+        event_id = event.event_id
+        allocation_prices = prices.get(event.allocation_id)
+        if allocation_prices is None:
+            results[i] = {"event_id": event_id, "status": "rejected",
+                          "error": {"allocation": ["No token allocation of yours that takes usage has this id."]}}
+        elif event.occurred_at < oldest or event.occurred_at > newest:
+            results[i] = {"event_id": event_id, "status": "rejected",
                           "error": {"occurred_at": [f"Must be within the last {MAX_EVENT_AGE.days} days."]}}
-        elif event.event_id in seen:  # a duplicate inside the batch: answered like a replay below
-            continue
         else:
-            seen[event.event_id] = i
-            charge = rate_tokens(prices=TokenPrices(allocation.price_input_hit_per_m, allocation.price_input_miss_per_m,
-                                                    allocation.price_output_per_m),
-                                 input_hit=event.input_hit_tokens, input_miss=event.input_miss_tokens,
-                                 output=event.output_tokens)
-            rows.append((event, charge.total, event.payload_hash()))
+            hashes[i] = event.payload_hash()
+            if event_id in first:  # a duplicate inside the batch: answered like a replay below
+                continue
+            first[event_id] = i
+            charge = rate_tokens(prices=allocation_prices, input_hit=event.input_hit_tokens,
+                                 input_miss=event.input_miss_tokens, output=event.output_tokens)
+            ids.append(event_id)
+            allocations.append(event.allocation_id)
+            moments.append(event.occurred_at)
+            hits.append(event.input_hit_tokens)
+            misses.append(event.input_miss_tokens)
+            outs.append(event.output_tokens)
+            amounts.append(charge.total)
     created: set[str] = set()
-    if rows:
+    stored: dict[str, tuple[str, str]] = {}  # event id -> (payload hash, amount) of rows stored before
+    if ids:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO billing_usageevent (organisation_id, event_id, allocation_id, occurred_at,"
-                " input_hit_tokens, input_miss_tokens, output_tokens, amount, payload_hash, settled, created_at)"
-                " SELECT %s, t.event_id, t.allocation_id, t.occurred_at, t.hit, t.miss, t.out, t.amount, t.hash,"
-                " false, %s FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::bigint[], %s::bigint[],"
-                " %s::bigint[], %s::numeric[], %s::text[]) AS t(event_id, allocation_id, occurred_at, hit, miss, out,"
-                " amount, hash) ON CONFLICT (organisation_id, event_id) DO NOTHING RETURNING event_id",
-                [organisation_id, now, [e.event_id for e, _, _ in rows], [e.allocation_id for e, _, _ in rows],
-                 [e.occurred_at for e, _, _ in rows], [e.input_hit_tokens for e, _, _ in rows],
-                 [e.input_miss_tokens for e, _, _ in rows], [e.output_tokens for e, _, _ in rows],
-                 [a for _, a, _ in rows], [h for _, _, h in rows]])
-            created = {r[0] for r in cursor.fetchall()}
-    stored = {u.event_id: u for u in UsageEvent.objects.filter(
-        organisation_id=organisation_id, event_id__in=[e.event_id for e in events if e.event_id in seen])}
+            cursor.execute(_INSERT, [organisation_id, now, ids, allocations, moments, hits, misses, outs, amounts,
+                                     [hashes[first[e]] for e in ids]])
+            created = {row[0] for row in cursor.fetchall()}
+            if len(created) < len(ids):
+                cursor.execute(_STORED, [organisation_id, [e for e in ids if e not in created]])
+                stored = {event_id: (digest, str(amount)) for event_id, digest, amount in cursor.fetchall()}
+    mine = {e: (hashes[first[e]], str(amounts[n])) for n, e in enumerate(ids) if e in created}
     for i, event in enumerate(events):
         if results[i] is not None:
             continue
-        original = stored.get(event.event_id)
+        event_id = event.event_id
+        original = mine.get(event_id) or stored.get(event_id)
         if original is None:
-            results[i] = {"event_id": event.event_id, "status": "rejected", "error": {"event_id": ["Not stored."]}}
-        elif original.payload_hash != event.payload_hash():
-            results[i] = {"event_id": event.event_id, "status": "conflict",
+            results[i] = {"event_id": event_id, "status": "rejected", "error": {"event_id": ["Not stored."]}}
+        elif original[0] != hashes[i]:
+            results[i] = {"event_id": event_id, "status": "conflict",
                           "error": {"event_id": ["Already used with a different payload."]}}
         else:
-            first = event.event_id in created and seen[event.event_id] == i
-            results[i] = {"event_id": event.event_id, "status": "created" if first else "replayed",
-                          "amount": str(original.amount)}
+            new = event_id in created and first[event_id] == i
+            results[i] = {"event_id": event_id, "status": "created" if new else "replayed", "amount": original[1]}
     return results

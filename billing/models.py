@@ -71,8 +71,12 @@ class Hold(models.Model):
         VOIDED = "voided"
 
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds")
-    reference = models.CharField(max_length=200, unique=True, help_text="e.g. order:123")
+    reference = models.CharField(max_length=200, unique=True, help_text="e.g. allocation:123")
+    # The allocation whose maximum cost this hold reserves (none for a hold placed by hand).
+    allocation = models.OneToOneField("marketplace.Allocation", null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="hold")
     amount = models.DecimalField(**AMOUNT)
+    # Captured so far: settlement captures usage in steps while the hold stays pending.
     posted_amount = models.DecimalField(default=Decimal(0), **AMOUNT)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
     expires_at = models.DateTimeField()
@@ -101,6 +105,8 @@ class UsageEvent(models.Model):
     amount = models.DecimalField(**AMOUNT)
     payload_hash = models.CharField(max_length=64)
     settled = models.BooleanField(default=False)
+    # The settlement transfer that charged this event (null until settled).
+    settled_transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -110,3 +116,107 @@ class UsageEvent(models.Model):
                                    & Q(output_tokens__gte=0), name="usageevent_counts_nonnegative"),
         ]
         indexes = [models.Index(fields=["allocation", "settled"], name="usageevent_alloc_settled")]
+
+
+class AllocationMeter(models.Model):
+    """Card-hour metering of one allocation: started and stopped by its supplier, kept alive by
+    heartbeats. Billable time is the time between heartbeats (a silence longer than the grace
+    period counts only the grace), from ``started_at`` to the stop, never past the end of the
+    allocation's service; in whole minutes.
+    ``billed_minutes`` / ``billed_amount`` are what settlement has already charged (cumulative)."""
+
+    allocation = models.OneToOneField("marketplace.Allocation", on_delete=models.PROTECT, related_name="meter")
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    # Use folded in up to the last heartbeat (a silence longer than the grace counts only the grace).
+    accumulated_seconds = models.PositiveIntegerField(default=0)
+    billed_minutes = models.PositiveIntegerField(default=0)
+    billed_amount = models.DecimalField(default=Decimal(0), **AMOUNT)
+    updated_at = models.DateTimeField(auto_now=True)
+
+
+class Invoice(models.Model):
+    """A buyer's invoice or a supplier's statement for a period. Issued final in one transaction
+    and immutable from then on (PostgreSQL refuses any UPDATE or DELETE, migration 0006)."""
+
+    class Kind(models.TextChoices):
+        INVOICE = "invoice"  # to a buyer: what it was charged
+        STATEMENT = "statement"  # to a supplier: what it earned, less commission
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="invoices")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    number = models.CharField(max_length=40, unique=True)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    currency = models.CharField(max_length=3, default="CNY")
+    subtotal = models.DecimalField(**AMOUNT)  # exact sum of the lines' amounts
+    commission = models.DecimalField(default=Decimal(0), **AMOUNT)  # statements: the platform's share
+    total = models.DecimalField(max_digits=20, decimal_places=2)  # what is due or paid, to the fen
+    rounding = models.DecimalField(**AMOUNT)  # exact minus total, booked to the rounding account
+    figures = models.JSONField(default=dict, blank=True)  # statements: utilisation, reliability
+    issued_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(period_end__gt=models.F("period_start")), name="invoice_period_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class Charge(models.Model):
+    """One priced piece of delivered service (or a credit or refund, negative), booked by one
+    ledger transfer. Invoices group a buyer's charges; statements group a supplier's."""
+
+    class Kind(models.TextChoices):
+        CARD_HOURS = "card_hours"
+        INPUT_HIT = "input_hit_tokens"
+        INPUT_MISS = "input_miss_tokens"
+        OUTPUT = "output_tokens"
+        SERVICE_CREDIT = "service_credit"
+        REFUND = "refund"
+
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="charges")
+    supplier = models.ForeignKey(Organisation, null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="earnings")
+    order = models.ForeignKey("marketplace.Order", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    allocation = models.ForeignKey("marketplace.Allocation", null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="charges")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    quantity = models.DecimalField(max_digits=24, decimal_places=6)  # card-hours or tokens
+    unit_price = models.DecimalField(max_digits=18, decimal_places=6)  # per card-hour or per million tokens
+    amount = models.DecimalField(**AMOUNT)  # to the buyer; negative for credits and refunds
+    commission = models.DecimalField(default=Decimal(0), **AMOUNT)  # the platform's part of amount
+    usage_from = models.DateTimeField()
+    usage_to = models.DateTimeField()
+    transfer = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="charges")
+    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="charges")
+    statement = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT,
+                                  related_name="statement_charges")
+    memo = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["buyer", "invoice"], name="charge_buyer_invoice"),
+                   models.Index(fields=["supplier", "statement"], name="charge_supplier_statement")]
+
+
+class InvoiceLine(models.Model):
+    """One order and usage kind on an invoice or statement; ``adjustment`` marks usage from an
+    earlier period that arrived after that period's invoice was issued."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    order = models.ForeignKey("marketplace.Order", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=20, choices=Charge.Kind.choices)
+    adjustment = models.BooleanField(default=False)
+    quantity = models.DecimalField(max_digits=24, decimal_places=6)
+    amount = models.DecimalField(**AMOUNT)
+    commission = models.DecimalField(default=Decimal(0), **AMOUNT)
+    description = models.CharField(max_length=300)
+
+    class Meta:
+        ordering = ["id"]

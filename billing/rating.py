@@ -9,7 +9,7 @@ adds goes to the platform's rounding account.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 SCALE = Decimal("0.000000000001")
 FEN = Decimal("0.01")
@@ -58,6 +58,26 @@ def commission(*, amount: Decimal, rate: Decimal) -> Decimal:
 
 
 def to_fen(amount: Decimal) -> tuple[Decimal, Decimal]:
-    """(amount rounded half-even to the fen, the remainder that goes to the rounding account)."""
-    rounded = Decimal(amount).quantize(FEN, rounding=ROUND_HALF_EVEN)
+    """(amount rounded down to the fen, the remainder, always >= 0, for the rounding account).
+
+    The one rounding rule for invoices and payouts: floor to the fen. An invoice never bills
+    more than the exact charges (the buyer gets the remainder back) and a payout never pays
+    more than is owed (the remainder stays with the platform), so no rounding step can ever
+    overdraw an account."""
+    rounded = Decimal(amount).quantize(FEN, rounding=ROUND_FLOOR)
     return rounded, exact(Decimal(amount) - rounded)
+
+
+def max_cost_card_hours(*, max_price_per_card_hour: Decimal, cards: int, hours: int) -> Decimal:
+    """What a card-hour allocation can cost at most: the buyer's limit for every card-hour."""
+    return exact(Decimal(max_price_per_card_hour) * cards * hours)
+
+
+def max_cost_tokens(*, max_prices: TokenPrices, expected_input: int, expected_output: int,
+                    cache_hit_ratio: Decimal) -> Decimal:
+    """What a token order is expected to cost at most: its expected tokens at its price limits
+    (input split by the expected cache-hit ratio)."""
+    hit = exact(Decimal(expected_input) * Decimal(cache_hit_ratio))
+    miss = Decimal(expected_input) - hit
+    return exact((hit * max_prices.input_hit_per_m + miss * max_prices.input_miss_per_m
+                  + Decimal(expected_output) * max_prices.output_per_m) / MILLION)

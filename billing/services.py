@@ -5,16 +5,27 @@ idempotency id is unique, so a replay returns the first transfer instead of post
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
+from marketplace.hours import hour_start
 
-from .models import Account, Entry, Transfer
-from .rating import exact
+from .models import Account, Entry, Hold, Transfer
+from .rating import TokenPrices, commission, exact, max_cost_card_hours, max_cost_tokens
+
+BUYER_KINDS = (Account.Kind.BUYER_WALLET, Account.Kind.BUYER_HELD)
+# Money enters through EXTERNAL, credits are granted from PLATFORM_CREDITS, and sub-fen remainders
+# flow both ways through PLATFORM_ROUNDING: these may go below zero; every other account may not.
+NEGATIVE_BY_NATURE = (Account.Kind.EXTERNAL, Account.Kind.PLATFORM_CREDITS, Account.Kind.PLATFORM_ROUNDING)
 
 
 class InsufficientFunds(Conflict):
@@ -22,10 +33,17 @@ class InsufficientFunds(Conflict):
 
 
 def account_get_or_create(*, organisation_id: int | None, kind: str, currency: str = "CNY") -> Account:
-    allow_negative = kind == Account.Kind.EXTERNAL
+    allow_negative = kind in NEGATIVE_BY_NATURE
     account, _ = Account.objects.get_or_create(organisation_id=organisation_id, kind=kind, currency=currency,
                                                defaults={"allow_negative": allow_negative})
     return account
+
+
+def accounts_lock(*, account_ids) -> dict[int, Account]:
+    """Lock accounts FOR UPDATE in primary-key order and return them. Call inside atomic, before
+    posting several transfers in one transaction, so its locks are taken in one global order
+    (transfer_post re-locks them at no cost)."""
+    return {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=sorted(set(account_ids))).order_by("pk")}
 
 
 def transfer_post(*, idempotency_id: str, kind: str, legs: Sequence[tuple[int, Decimal]], memo: str = "",
@@ -87,11 +105,10 @@ def wallet_top_up(*, organisation_id: int, amount: Decimal, reference: str) -> T
     return transfer
 
 
-def hold_place(*, organisation_id: int, amount: Decimal, reference: str, expires_at) -> "Hold":
+def hold_place(*, organisation_id: int, amount: Decimal, reference: str, expires_at,
+               allocation_id: int | None = None) -> Hold:
     """Move ``amount`` from wallet to held. Idempotent by ``reference``; InsufficientFunds (409)
     when the available balance is short, and then nothing is held."""
-    from .models import Hold
-
     amount = exact(Decimal(amount))
     if amount <= 0:
         raise ValidationFailed.on("amount", "Must be positive.")
@@ -101,18 +118,156 @@ def hold_place(*, organisation_id: int, amount: Decimal, reference: str, expires
     wallet = account_get_or_create(organisation_id=organisation_id, kind=Account.Kind.BUYER_WALLET)
     held = account_get_or_create(organisation_id=organisation_id, kind=Account.Kind.BUYER_HELD)
     with transaction.atomic():
-        transfer_post(idempotency_id=f"hold:{reference}", kind="hold", legs=[(wallet.pk, -amount), (held.pk, amount)])
+        try:
+            transfer_post(idempotency_id=f"hold:{reference}", kind="hold",
+                          legs=[(wallet.pk, -amount), (held.pk, amount)])
+        except InsufficientFunds:
+            available = Account.objects.get(pk=wallet.pk).balance
+            raise InsufficientFunds(f"Holding {amount} CNY needs that much available; the wallet has {available}.",
+                                    extra={"needed": str(amount), "available": str(available)})
         hold, _ = Hold.objects.get_or_create(reference=reference, defaults={
-            "organisation_id": organisation_id, "amount": amount, "expires_at": expires_at})
+            "organisation_id": organisation_id, "amount": amount, "expires_at": expires_at,
+            "allocation_id": allocation_id})
         return hold
 
 
-def hold_post(*, hold_id: int, amount: Decimal, supplier_id: int, commission_rate: Decimal) -> "Hold":
-    """Settle a pending hold: ``amount`` (at most the hold) goes to the supplier less the
-    platform's commission; the rest returns to the buyer's wallet. Locks the hold, then accounts."""
-    from .models import Hold
-    from .rating import commission
+def allocation_max_cost(*, order, cards: int, hours: int) -> Decimal:
+    """What an allocation of ``order`` can cost at most, which its hold reserves: the order's
+    price limit for every card-hour, or its expected tokens at its per-token limits."""
+    if order.kind == "tokens":
+        return max_cost_tokens(
+            max_prices=TokenPrices(order.max_price_input_hit_per_m, order.max_price_input_miss_per_m,
+                                   order.max_price_output_per_m),
+            expected_input=order.expected_input_tokens or 0, expected_output=order.expected_output_tokens or 0,
+            cache_hit_ratio=order.expected_cache_hit_ratio or Decimal(0))
+    return max_cost_card_hours(max_price_per_card_hour=order.max_price_per_card_hour, cards=cards, hours=hours)
 
+
+def allocation_hold_expiry(*, end_hour: int) -> datetime:
+    """A safety net only: settlement closes an allocation's hold when it ends."""
+    return hour_start(end_hour) + timedelta(hours=settings.SANDUISAN["HOLD_GRACE_HOURS"])
+
+
+def allocation_hold_place(*, allocation, order) -> Hold | None:
+    """Hold the allocation's maximum cost on the buyer's wallet. Call inside the atomic block
+    that creates the allocation: InsufficientFunds (409, with the amounts) rolls it all back."""
+    amount = allocation_max_cost(order=order, cards=allocation.cards, hours=allocation.end_hour - allocation.start_hour)
+    if amount <= 0:
+        return None
+    return hold_place(organisation_id=order.organisation_id, amount=amount, reference=f"allocation:{allocation.pk}",
+                      expires_at=allocation_hold_expiry(end_hour=allocation.end_hour), allocation_id=allocation.pk)
+
+
+@dataclass(frozen=True)
+class MatchHold:
+    """The hold a new allocation needs: its buyer's maximum cost."""
+    organisation_id: int
+    allocation_id: int
+    amount: Decimal
+    expires_at: datetime
+
+
+def buyer_funds_lock(*, organisation_ids) -> dict[int, Decimal]:
+    """Lock the buyers' wallet and held accounts (creating missing ones) in primary-key order and
+    return each buyer's available balance. Call inside atomic, after every non-ledger lock, then
+    place the holds with ``match_holds_place`` in the same transaction."""
+    ids = sorted(set(organisation_ids))
+    existing = set(Account.objects.filter(organisation_id__in=ids, currency="CNY", kind__in=BUYER_KINDS)
+                   .values_list("organisation_id", "kind"))
+    Account.objects.bulk_create([Account(organisation_id=o, kind=k) for o in ids for k in BUYER_KINDS
+                                 if (o, k) not in existing], ignore_conflicts=True)
+    locked = Account.objects.select_for_update().filter(organisation_id__in=ids, currency="CNY",
+                                                        kind__in=BUYER_KINDS).order_by("pk")
+    return {a.organisation_id: a.balance for a in locked if a.kind == Account.Kind.BUYER_WALLET}
+
+
+def match_holds_place(*, holds: Sequence[MatchHold]) -> None:
+    """Place many allocation holds in a few set-based statements (a round may create tens of
+    thousands). Call inside the atomic block that called ``buyer_funds_lock`` for these buyers,
+    having checked each buyer's funds against that result; the no-overdraft CHECK is the backstop."""
+    if not holds:
+        return
+    accounts = {(o, k): pk for pk, o, k in Account.objects.filter(
+        organisation_id__in={h.organisation_id for h in holds}, currency="CNY", kind__in=BUYER_KINDS)
+        .values_list("pk", "organisation_id", "kind")}
+    now = timezone.now()
+    amounts = [exact(h.amount) for h in holds]
+    references = [f"allocation:{h.allocation_id}" for h in holds]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO billing_transfer (idempotency_id, kind, currency, memo, created_at)"
+            " SELECT 'hold:' || r, 'hold', 'CNY', '', %s FROM unnest(%s::text[]) AS t(r) RETURNING id, idempotency_id",
+            [now, references])
+        transfer_of = {ref[5:]: pk for pk, ref in cursor.fetchall()}
+        entry_transfer, entry_account, entry_amount = [], [], []
+        delta: dict[int, Decimal] = defaultdict(Decimal)
+        for hold, reference, amount in zip(holds, references, amounts):
+            wallet = accounts[(hold.organisation_id, Account.Kind.BUYER_WALLET)]
+            held = accounts[(hold.organisation_id, Account.Kind.BUYER_HELD)]
+            entry_transfer += [transfer_of[reference]] * 2
+            entry_account += [wallet, held]
+            entry_amount += [-amount, amount]
+            delta[wallet] -= amount
+            delta[held] += amount
+        cursor.execute("INSERT INTO billing_entry (transfer_id, account_id, amount)"
+                       " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[])",
+                       [entry_transfer, entry_account, entry_amount])
+        cursor.execute("UPDATE billing_account a SET balance = a.balance + t.d FROM unnest(%s::bigint[], %s::numeric[])"
+                       " AS t(id, d) WHERE a.id = t.id", [list(delta), list(delta.values())])
+        cursor.execute(
+            "INSERT INTO billing_hold (organisation_id, reference, allocation_id, amount, posted_amount, status,"
+            " expires_at, created_at, updated_at) SELECT t.o, t.r, t.a, t.m, 0, 'pending', t.e, %s, %s"
+            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::numeric[], %s::timestamptz[])"
+            " AS t(o, r, a, m, e)",
+            [now, now, [h.organisation_id for h in holds], references, [h.allocation_id for h in holds], amounts,
+             [h.expires_at for h in holds]])
+
+
+def hold_capture_locked(*, hold: Hold, amount: Decimal, supplier_id: int, commission_rate: Decimal,
+                        idempotency_id: str, extra_from_wallet: Decimal = Decimal(0)) -> Transfer | None:
+    """Charge ``amount`` from a pending hold (and ``extra_from_wallet`` beyond it, from the buyer's
+    available balance) to the supplier, less the platform's commission, as one transfer. Call
+    inside atomic with the hold locked, after ``accounts_lock`` on the accounts involved."""
+    amount, extra = exact(Decimal(amount)), exact(Decimal(extra_from_wallet))
+    if amount < 0 or extra < 0 or (amount > 0 and hold.status != Hold.Status.PENDING):
+        raise Conflict(f"The hold is {hold.status}.", code="hold_not_pending")
+    if hold.posted_amount + amount > hold.amount:
+        raise ValidationFailed.on("amount", f"Only {hold.amount - hold.posted_amount} is left on the hold.")
+    if amount + extra == 0:
+        return None
+    held = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_HELD)
+    wallet = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_WALLET)
+    payable = account_get_or_create(organisation_id=supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE)
+    platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION)
+    fee = commission(amount=amount + extra, rate=commission_rate)
+    transfer, _ = transfer_post(idempotency_id=idempotency_id, kind="settle", legs=[
+        (held.pk, -amount), (wallet.pk, -extra), (payable.pk, amount + extra - fee), (platform.pk, fee)])
+    if amount:
+        hold.posted_amount += amount
+        hold.save(update_fields=["posted_amount", "updated_at"])
+    return transfer
+
+
+def hold_release_locked(*, hold: Hold) -> Hold:
+    """Return what is left on a pending hold to the buyer's wallet and close it: ``posted`` if
+    anything was captured, else ``voided``. Call inside atomic with the hold locked; a closed hold
+    is returned unchanged."""
+    if hold.status != Hold.Status.PENDING:
+        return hold
+    rest = hold.amount - hold.posted_amount
+    if rest:
+        held = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_HELD)
+        wallet = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_WALLET)
+        transfer_post(idempotency_id=f"hold-release:{hold.reference}", kind="release",
+                      legs=[(held.pk, -rest), (wallet.pk, rest)])
+    hold.status = Hold.Status.POSTED if hold.posted_amount else Hold.Status.VOIDED
+    hold.save(update_fields=["status", "updated_at"])
+    return hold
+
+
+def hold_post(*, hold_id: int, amount: Decimal, supplier_id: int, commission_rate: Decimal) -> Hold:
+    """Settle a pending hold in one step: ``amount`` (at most the hold) goes to the supplier less
+    the platform's commission; the rest returns to the buyer's wallet. Locks the hold, then accounts."""
     amount = exact(Decimal(amount))
     with transaction.atomic():
         hold = Hold.objects.select_for_update().get(pk=hold_id)
@@ -120,52 +275,55 @@ def hold_post(*, hold_id: int, amount: Decimal, supplier_id: int, commission_rat
             return hold  # a retried settlement
         if hold.status != Hold.Status.PENDING:
             raise Conflict(f"The hold is {hold.status}.", code="hold_not_pending")
-        if not Decimal(0) <= amount <= hold.amount:
-            raise ValidationFailed.on("amount", f"Must be between 0 and the held {hold.amount}.")
-        held = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_HELD)
-        wallet = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_WALLET)
-        payable = account_get_or_create(organisation_id=supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE)
-        platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION)
-        fee = commission(amount=amount, rate=commission_rate)
-        transfer_post(idempotency_id=f"hold-post:{hold.reference}", kind="settle", legs=[
-            (held.pk, -hold.amount), (payable.pk, amount - fee), (platform.pk, fee), (wallet.pk, hold.amount - amount)])
-        hold.status, hold.posted_amount = Hold.Status.POSTED, amount
-        hold.save(update_fields=["status", "posted_amount", "updated_at"])
-        return hold
+        if not Decimal(0) <= amount <= hold.amount - hold.posted_amount:
+            raise ValidationFailed.on("amount", f"Must be between 0 and the held {hold.amount - hold.posted_amount}.")
+        _lock_hold_accounts(hold, supplier_id)
+        hold_capture_locked(hold=hold, amount=amount, supplier_id=supplier_id, commission_rate=commission_rate,
+                            idempotency_id=f"hold-post:{hold.reference}")
+        if hold.posted_amount == 0:
+            # Posting nothing is still a settlement: close the hold as posted, not voided.
+            hold_release_locked(hold=hold)
+            hold.status = Hold.Status.POSTED
+            hold.save(update_fields=["status", "updated_at"])
+            return hold
+        return hold_release_locked(hold=hold)
 
 
-def hold_void(*, hold_id: int) -> "Hold":
-    """Release a pending hold in full. Voiding a voided hold is a no-op."""
-    from .models import Hold
-
+def hold_void(*, hold_id: int) -> Hold:
+    """Release a pending hold in full. Voiding a voided hold is a no-op; a hold that has captured
+    anything cannot be voided (release it instead)."""
     with transaction.atomic():
         hold = Hold.objects.select_for_update().get(pk=hold_id)
         if hold.status == Hold.Status.VOIDED:
             return hold
-        if hold.status != Hold.Status.PENDING:
+        if hold.status != Hold.Status.PENDING or hold.posted_amount:
             raise Conflict(f"The hold is {hold.status}.", code="hold_not_pending")
-        held = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_HELD)
-        wallet = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_WALLET)
-        transfer_post(idempotency_id=f"hold-void:{hold.reference}", kind="release",
-                      legs=[(held.pk, -hold.amount), (wallet.pk, hold.amount)])
-        hold.status = Hold.Status.VOIDED
-        hold.save(update_fields=["status", "updated_at"])
-        return hold
+        return hold_release_locked(hold=hold)
+
+
+def _lock_hold_accounts(hold: Hold, supplier_id: int | None) -> None:
+    ids = [account_get_or_create(organisation_id=hold.organisation_id, kind=k).pk for k in BUYER_KINDS]
+    if supplier_id is not None:
+        ids += [account_get_or_create(organisation_id=supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE).pk,
+                account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION).pk]
+    accounts_lock(account_ids=ids)
 
 
 def holds_expire(*, now=None) -> int:
-    """Void every pending hold past its expiry. Idempotent; returns how many it voided."""
-    from django.utils import timezone
-
-    from .models import Hold
+    """Close every pending hold past its expiry: an allocation's hold is settled first (its usage
+    charged, the rest released), any other is voided. Idempotent; returns how many it closed."""
+    from .settlement import allocation_settle
 
     now = now or timezone.now()
-    voided = 0
-    for pk in Hold.objects.filter(status=Hold.Status.PENDING, expires_at__lte=now).order_by("pk").values_list(
-            "pk", flat=True):
+    closed = 0
+    for pk, allocation_id in (Hold.objects.filter(status=Hold.Status.PENDING, expires_at__lte=now).order_by("pk")
+                              .values_list("pk", "allocation_id")):
         try:
-            hold_void(hold_id=pk)
-            voided += 1
+            if allocation_id is not None:
+                allocation_settle(allocation_id=allocation_id, now=now, final=True)
+            else:
+                hold_void(hold_id=pk)
+            closed += 1
         except Conflict:
             continue  # settled meanwhile
-    return voided
+    return closed

@@ -21,6 +21,8 @@ from .authentication import KEY_SCHEME, hash_key
 from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, order_region_rule, region_info, regions_by_id,
                      resolve_card_hours, resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start, is_whole_hour
+from billing.services import allocation_hold_place
+from billing.settlement import allocation_settle
 from matching.engine.geo import region_allows
 
 from .models import (AIModel, Allocation, AllocationPart, ApiKey, ChipType, Interconnect, Listing,
@@ -309,9 +311,11 @@ def order_cancel(*, organisation: Organisation, order_id: int, reason: str = "")
         if order.status not in CANCELLABLE:
             raise InvalidTransition(f"An order that is {order.status} cannot be cancelled.",
                                     fields={"status": [f"Cannot cancel from {order.status}."]})
-        for allocation_id in (order.allocations.exclude(status=Allocation.Status.RELEASED)
-                              .order_by("pk").values_list("pk", flat=True)):
+        released = list(order.allocations.exclude(status=Allocation.Status.RELEASED)
+                        .order_by("pk").values_list("pk", flat=True))
+        for allocation_id in released:
             _allocation_release_locked(allocation_id=allocation_id)
+            allocation_settle(allocation_id=allocation_id, final=True)  # nothing delivered: the hold returns
         order.status = Order.Status.CANCELLED
         order.status_reason = reason[:300] or "cancelled by the buyer"
         order.save(update_fields=["status", "status_reason", "updated_at"])
@@ -379,6 +383,7 @@ def slots_reserve(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int
         AllocationPart.objects.bulk_create([
             AllocationPart(allocation=allocation, listing_id=lid, node_id=listings[lid].node_id,
                            cards=cards_by_listing[lid]) for lid in listing_ids])
+        allocation_hold_place(allocation=allocation, order=order)
         order.status = Order.Status.MATCHED
         order.save(update_fields=["status", "updated_at"])
         return allocation
@@ -438,18 +443,26 @@ def _allocation_release_locked(*, allocation_id: int, from_hour: int | None = No
     allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
     if allocation.status == Allocation.Status.RELEASED:
         return allocation
-    start = max(allocation.start_hour, from_hour if from_hour is not None else allocation.start_hour)
-    parts = list(allocation.parts.order_by("listing_id"))
-    if start < allocation.end_hour:
-        list(ListingHour.objects.select_for_update()
-             .filter(listing_id__in=[p.listing_id for p in parts], hour__gte=start, hour__lt=allocation.end_hour)
-             .order_by("listing_id", "hour").values_list("pk", flat=True))
-        for part in parts:
-            ListingHour.objects.filter(listing_id=part.listing_id, hour__gte=start,
-                                       hour__lt=allocation.end_hour).update(cards_sold=F("cards_sold") - part.cards)
+    _allocation_release_unused_locked(allocation=allocation, from_hour=from_hour)
     allocation.status = Allocation.Status.RELEASED
     allocation.save(update_fields=["status", "updated_at"])
     return allocation
+
+
+def _allocation_release_unused_locked(*, allocation: Allocation, from_hour: int | None = None) -> None:
+    """Put the allocation's slots from ``from_hour`` on (default: all) back on sale, leaving its
+    status alone. Call inside atomic with the order and allocation locked; locks listing-hours in
+    (listing_id, hour) order."""
+    start = max(allocation.start_hour, from_hour if from_hour is not None else allocation.start_hour)
+    if start >= allocation.end_hour or allocation.kind != Order.Kind.CARD_HOURS:
+        return
+    parts = list(allocation.parts.order_by("listing_id"))
+    list(ListingHour.objects.select_for_update()
+         .filter(listing_id__in=[p.listing_id for p in parts], hour__gte=start, hour__lt=allocation.end_hour)
+         .order_by("listing_id", "hour").values_list("pk", flat=True))
+    for part in parts:
+        ListingHour.objects.filter(listing_id=part.listing_id, hour__gte=start,
+                                   hour__lt=allocation.end_hour).update(cards_sold=F("cards_sold") - part.cards)
 
 
 def order_expire_due(*, now=None) -> int:

@@ -23,6 +23,11 @@ from marketplace.models import (Allocation, AllocationPart, Listing, ListingHour
                                 Region)
 from marketplace.services import _allocation_release_locked
 
+from billing.services import (InsufficientFunds, MatchHold, allocation_hold_expiry, allocation_hold_place,
+                              allocation_max_cost, buyer_funds_lock, match_holds_place)
+
+from billing.settlement import allocation_settle, failure_settle
+
 from .engine.engine import run_engine
 from .engine.types import EngineParams, EngineResult, from_micro
 from .models import FailureImpact, MatchReview, MatchRound, NodeFailure, RejectedPairing, ReviewPolicy
@@ -125,6 +130,12 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
             cell_rows = cursor.fetchall()
         cell_id = {(l, h): pk for pk, l, h, _ in cell_rows}
         remaining = {(l, h): free for _, l, h, free in cell_rows}
+        # Every match holds its buyer's maximum cost; ledger accounts are locked last.
+        orders = {o.pk: o for o in Order.objects.filter(pk__in=lockable).only(
+            "pk", "kind", "organisation_id", "max_price_per_card_hour")}
+        funds = buyer_funds_lock(organisation_ids={o.organisation_id for o in orders.values()})
+        cost: dict[int, Decimal] = {}
+        short: dict[int, dict] = {}
 
         accepted: list[int] = []
         sold: dict[int, int] = defaultdict(int)
@@ -139,11 +150,20 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
                 and all(remaining.get((l, h), -1) >= c for h in hours) for l, c in parts)
             if not ok:
                 continue
+            buyer = orders[order_id].organisation_id
+            needed = allocation_max_cost(order=orders[order_id], cards=int(result.cards[i]), hours=len(hours))
+            if funds[buyer] < needed:
+                short[order_id] = {"needed": needed, "available": funds[buyer]}
+                continue
+            funds[buyer] -= needed
+            cost[order_id] = needed
             for l, c in parts:
                 for h in hours:
                     remaining[(l, h)] -= c
                     sold[cell_id[(l, h)]] += c
             accepted.append(i)
+        for order_id, extra in short.items():
+            Order.objects.filter(pk=order_id).update(status_reason=_short_of_funds(extra))
 
         flags = _review_flags(result, accepted, listing_rows, node_rows)
         now = timezone.now()
@@ -180,6 +200,10 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
                 "INSERT INTO marketplace_allocationpart (allocation_id, listing_id, node_id, cards)"
                 " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::int[])",
                 [part_alloc, part_listing_ids, part_nodes, part_cards])
+        match_holds_place(holds=[
+            MatchHold(organisation_id=orders[order_id].organisation_id, allocation_id=allocation_of[order_id],
+                      amount=cost[order_id], expires_at=allocation_hold_expiry(end_hour=int(result.end_hour[i])))
+            for i, order_id in zip(accepted, order_ids)])
         reviews = [MatchReview(allocation_id=allocation_of[int(result.order_id[i])], reasons=flags[i])
                    for i in accepted if flags.get(i)]
         MatchReview.objects.bulk_create(reviews, batch_size=5000)
@@ -191,7 +215,8 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
                     [list(sold.keys()), list(sold.values())])
             confirmed = [int(result.order_id[i]) for i in accepted if not flags.get(i)]
             if confirmed:
-                cursor.execute("UPDATE marketplace_order SET status = 'matched', updated_at = %s WHERE id = ANY(%s)",
+                cursor.execute("UPDATE marketplace_order SET status = 'matched', status_reason = '', updated_at = %s"
+                               " WHERE id = ANY(%s)",
                                [now, confirmed])
         if pause_before_commit:
             time.sleep(pause_before_commit)
@@ -293,18 +318,12 @@ def _token_round(*, round_id: str, now=None) -> RoundOutcome:
             listing = listings[listing_id]
             if order is None or listing.status != Listing.Status.ACTIVE:
                 continue
-            allocation = Allocation.objects.create(
-                order=order, supplier_id=listing.organisation_id, kind=Order.Kind.TOKENS,
-                status=Allocation.Status.CONFIRMED, start_hour=now_hour,
-                end_hour=max(now_hour + 1, hour_index(listing.end)), cards=listing.cards,
-                price_per_card_hour=listing.ask_per_card_hour, price_rule="posted",
-                price_input_hit_per_m=listing.price_input_hit_per_m,
-                price_input_miss_per_m=listing.price_input_miss_per_m, price_output_per_m=listing.price_output_per_m,
-                round_id=round_id)
-            AllocationPart.objects.create(allocation=allocation, listing=listing, node_id=listing.node_id,
-                                          cards=listing.cards)
-            order.status = Order.Status.MATCHED
-            order.save(update_fields=["status", "updated_at"])
+            try:
+                with transaction.atomic():  # a savepoint: a buyer short of funds rolls back alone
+                    _token_allocation_create(order, listing, now_hour, round_id)
+            except InsufficientFunds as short:
+                Order.objects.filter(pk=order.pk).update(status_reason=_short_of_funds(short.extra))
+                continue
             count += 1
         MatchRound.objects.create(round_id=round_id, bucket=TOKENS_BUCKET,
                                   status=MatchRound.Status.COMMITTED if count else MatchRound.Status.EMPTY,
@@ -312,6 +331,31 @@ def _token_round(*, round_id: str, now=None) -> RoundOutcome:
                                   listings_considered=len(endpoints), matches=count)
     return RoundOutcome(round_id, TOKENS_BUCKET, MatchRound.Status.COMMITTED if count else MatchRound.Status.EMPTY,
                         count)
+
+
+def _token_allocation_create(order: Order, listing: Listing, now_hour: int, round_id: str) -> Allocation:
+    """Sell a token endpoint to a locked open order at its posted prices and hold the order's
+    expected maximum cost (InsufficientFunds rolls the caller's savepoint back)."""
+    allocation = Allocation.objects.create(
+        order=order, supplier_id=listing.organisation_id, kind=Order.Kind.TOKENS,
+        status=Allocation.Status.CONFIRMED, start_hour=now_hour,
+        end_hour=max(now_hour + 1, hour_index(listing.end)), cards=listing.cards,
+        price_per_card_hour=listing.ask_per_card_hour, price_rule="posted",
+        price_input_hit_per_m=listing.price_input_hit_per_m,
+        price_input_miss_per_m=listing.price_input_miss_per_m, price_output_per_m=listing.price_output_per_m,
+        round_id=round_id)
+    AllocationPart.objects.create(allocation=allocation, listing=listing, node_id=listing.node_id, cards=listing.cards)
+    allocation_hold_place(allocation=allocation, order=order)
+    order.status = Order.Status.MATCHED
+    order.status_reason = ""
+    order.save(update_fields=["status", "status_reason", "updated_at"])
+    return allocation
+
+
+def _short_of_funds(extra: dict) -> str:
+    """The reason an order stays unmatched, shown on the order and by explain."""
+    return (f"insufficient funds: the match needs a hold of {extra.get('needed')} CNY and the wallet has "
+            f"{extra.get('available')} CNY available")[:300]
 
 
 # --- review -----------------------------------------------------------------------------------
@@ -342,6 +386,7 @@ def review_reject(*, review_id: int, admin_user_id: int, reason: str) -> MatchRe
         if review.allocation.status != Allocation.Status.PENDING_REVIEW:
             raise InvalidTransition("This match is no longer waiting for review.")
         _allocation_release_locked(allocation_id=review.allocation_id)
+        allocation_settle(allocation_id=review.allocation_id, final=True)  # the hold returns to the buyer
         RejectedPairing.objects.bulk_create(
             [RejectedPairing(order=order, listing_id=p.listing_id, review=review)
              for p in review.allocation.parts.all()], ignore_conflicts=True)
@@ -427,6 +472,8 @@ def node_fail(*, node_id: int, organisation: Organisation | None = None, reason:
             order.status_reason = f"re-matching after node failure {failure.pk}"
             order.save()
             reopened.append(order.pk)
+        # Settle what was delivered, close the holds, credit the buyers, re-rate the supplier.
+        failure_settle(failure_id=failure.pk, now=now)
     transaction.on_commit(lambda: [schedule_rounds_for_order(order_id=pk) for pk in reopened], robust=True)
     return failure
 

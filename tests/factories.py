@@ -6,8 +6,12 @@ from decimal import Decimal
 import factory
 from django.utils import timezone
 
+from billing import services as billing
 from marketplace import services
 from marketplace.models import ChipType, Node, Organisation, Region
+
+
+DEFAULT_FUNDS = Decimal("1000000")
 
 
 def next_hour(hours_ahead: int = 1):
@@ -17,12 +21,22 @@ def next_hour(hours_ahead: int = 1):
 class OrganisationFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Organisation
+        skip_postgeneration_save = True
 
     name = factory.Sequence(lambda n: f"Org {n}")
     slug = factory.Sequence(lambda n: f"org-{n}")
     is_supplier = True
     is_buyer = True
     home_region = factory.LazyFunction(lambda: Region.objects.get(code="CN-SH"))
+
+    @factory.post_generation
+    def funds(organisation, create, amount, **kwargs):
+        """Buyers start with money in their wallet (matches hold their maximum cost), unless a
+        test says otherwise with ``funds=0``."""
+        amount = Decimal(DEFAULT_FUNDS if amount is None else amount)
+        if create and organisation.is_buyer and amount > 0:
+            billing.wallet_top_up(organisation_id=organisation.pk, amount=amount,
+                                  reference=f"factory:{organisation.pk}")
 
 
 class NodeFactory(factory.django.DjangoModelFactory):

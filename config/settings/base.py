@@ -8,6 +8,7 @@ from pathlib import Path
 import os
 
 import dj_database_url
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(os.environ.get("SANDUISAN_VAR_DIR", BASE_DIR / "var"))
@@ -130,6 +131,9 @@ CELERY_BEAT_SCHEDULE = {
     "orders-expire": {"task": "marketplace.orders_expire", "schedule": 300.0},
     "matching-rounds": {"task": "matching.run_all_rounds", "schedule": 60.0},
     "holds-expire": {"task": "billing.holds_expire", "schedule": 60.0},
+    "allocations-close-due": {"task": "billing.allocations_close_due", "schedule": 60.0},
+    "settle-due": {"task": "billing.settle_due", "schedule": 300.0},
+    "invoices-monthly": {"task": "billing.invoices_issue_monthly", "schedule": crontab(minute=30, hour=0, day_of_month=1)},
 }
 
 REST_FRAMEWORK = {
@@ -183,6 +187,16 @@ SANDUISAN = {
     # New orders ask for a matching round this many seconds later (debounced per bucket).
     "AUTO_MATCH": os.environ.get("SANDUISAN_AUTO_MATCH", "1") == "1",
     "ROUND_DEBOUNCE_SECONDS": 2,
+    # Billing (README "Money"): the platform's share of every charge; the service credit a buyer
+    # gets when a node fails under a running allocation, as a share of the lost card-hours' value;
+    # how long after its last heartbeat a running allocation stops being billed; how long after
+    # an allocation's end its hold is force-closed; the prior (in delivered card-hours) that
+    # keeps one early failure from sinking a new supplier's reliability.
+    "COMMISSION_RATE": os.environ.get("SANDUISAN_COMMISSION_RATE", "0.08"),
+    "SERVICE_CREDIT_RATE": os.environ.get("SANDUISAN_SERVICE_CREDIT_RATE", "0.25"),
+    "HEARTBEAT_GRACE_SECONDS": int(os.environ.get("SANDUISAN_HEARTBEAT_GRACE_SECONDS", "300")),
+    "HOLD_GRACE_HOURS": 24,
+    "RELIABILITY_PRIOR_CARD_HOURS": 100,
     # Crash tests only: hold a round's transaction open this long before it commits.
     "PERSIST_PAUSE_SECONDS": float(os.environ.get("SANDUISAN_PERSIST_PAUSE_SECONDS", "0")),
 }

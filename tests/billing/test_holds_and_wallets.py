@@ -29,7 +29,7 @@ def _books_balance():
 
 
 def test_hold_then_post_less_releases_the_rest_and_pays_commission():
-    buyer, supplier = OrganisationFactory(), OrganisationFactory()
+    buyer, supplier = OrganisationFactory(funds=0), OrganisationFactory(funds=0)
     services.wallet_top_up(organisation_id=buyer.pk, amount=Decimal("500"), reference="bank-1")
     # an 8-card x 3-hour allocation at 14.50 holds its maximum: 348 CNY
     hold = services.hold_place(organisation_id=buyer.pk, amount=Decimal("348"), reference="order:1",
@@ -47,7 +47,7 @@ def test_hold_then_post_less_releases_the_rest_and_pays_commission():
 
 
 def test_short_funds_hold_nothing_and_holds_expire_on_their_own():
-    buyer = OrganisationFactory()
+    buyer = OrganisationFactory(funds=0)
     services.wallet_top_up(organisation_id=buyer.pk, amount=Decimal("100"), reference="bank-2")
     with pytest.raises(services.InsufficientFunds):
         services.hold_place(organisation_id=buyer.pk, amount=Decimal("100.01"), reference="order:2",
@@ -63,7 +63,8 @@ def test_short_funds_hold_nothing_and_holds_expire_on_their_own():
     _books_balance()
 
 
-def test_wallet_api_and_admin_top_up(buyer_client):
+def test_wallet_api_and_admin_top_up(client_for):
+    buyer_client = client_for(is_supplier=False, is_buyer=True, funds=0)
     admin = APIClient()
     admin.force_authenticate(get_user_model().objects.create_user(username="ops", password="x", is_staff=True))
     org = buyer_client.organisation

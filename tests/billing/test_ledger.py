@@ -13,7 +13,7 @@ from tests.factories import OrganisationFactory
 
 
 def _accounts():
-    org = OrganisationFactory()
+    org = OrganisationFactory(funds=0)
     external = services.account_get_or_create(organisation_id=None, kind=Account.Kind.EXTERNAL)
     wallet = services.account_get_or_create(organisation_id=org.pk, kind=Account.Kind.BUYER_WALLET)
     held = services.account_get_or_create(organisation_id=org.pk, kind=Account.Kind.BUYER_HELD)

@@ -3,7 +3,8 @@ from decimal import Decimal
 
 import pytest
 
-from billing.rating import TokenPrices, commission, rate_card_minutes, rate_tokens, to_fen
+from billing.rating import (TokenPrices, commission, max_cost_card_hours, max_cost_tokens, rate_card_minutes,
+                            rate_tokens, to_fen)
 
 DEEPSEEK = TokenPrices(Decimal("0.5"), Decimal("2"), Decimal("8"))  # CNY per million: hit / miss / output
 
@@ -29,8 +30,18 @@ def test_card_hours_by_the_minute():
 
 
 def test_fen_rounding_returns_the_remainder():
-    assert to_fen(Decimal("35.505")) == (Decimal("35.50"), Decimal("0.005"))  # half-even
+    assert to_fen(Decimal("35.505")) == (Decimal("35.50"), Decimal("0.005"))  # floor, not half-even
+    assert to_fen(Decimal("35.519999")) == (Decimal("35.51"), Decimal("0.009999"))
     assert to_fen(Decimal("0.0000105")) == (Decimal("0.00"), Decimal("0.0000105"))
+    # a net credit rounds away from the buyer's favour never: floor keeps the remainder >= 0
+    assert to_fen(Decimal("-1.234")) == (Decimal("-1.24"), Decimal("0.006"))
+
+
+def test_maximum_costs_that_holds_reserve():
+    assert max_cost_card_hours(max_price_per_card_hour=Decimal("12.5"), cards=8, hours=3) == Decimal("300")
+    # 10M input at 25% cache hits and 2M output, at 0.5 / 2 / 8 per million: 1.25 + 15 + 16
+    assert max_cost_tokens(max_prices=DEEPSEEK, expected_input=10_000_000, expected_output=2_000_000,
+                           cache_hit_ratio=Decimal("0.25")) == Decimal("32.25")
     assert commission(amount=Decimal("348"), rate=Decimal("0.08")) == Decimal("27.84")
 
 

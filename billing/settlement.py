@@ -1,0 +1,394 @@
+"""Settlement: delivered usage moves from the buyer's hold to the supplier's payable, less the
+platform's commission; what is left on the hold returns to the buyer when the allocation ends.
+
+Card-hours are metered per minute of actual use (``AllocationMeter``: started and stopped by the
+supplier, kept alive by heartbeats) at the match price, never beyond the allocation's service
+period. Token usage is settled from the stored usage events. Every step is idempotent: settling
+an allocation twice charges nothing more, and a retried Celery task is harmless.
+
+Lock order (after marketplace's node -> order -> allocation -> listing-hours): the allocation,
+its meter, its hold, then every ledger account involved at once, in primary-key order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Max, Min, Q, Sum
+from django.utils import timezone
+
+from config.errors import InvalidTransition, NotFound
+from marketplace.hours import hour_start
+from marketplace.models import Allocation, Order, Organisation
+
+from .models import Account, AllocationMeter, Charge, Hold, Transfer, UsageEvent
+from .rating import TokenPrices, commission, exact, rate_card_minutes, rate_tokens
+from .services import account_get_or_create, accounts_lock, transfer_post
+
+ENDED = (Allocation.Status.COMPLETED, Allocation.Status.INTERRUPTED, Allocation.Status.RELEASED)
+SIX = Decimal("0.000001")
+
+
+def commission_rate() -> Decimal:
+    return Decimal(settings.SANDUISAN["COMMISSION_RATE"])
+
+
+def heartbeat_grace() -> timedelta:
+    return timedelta(seconds=settings.SANDUISAN["HEARTBEAT_GRACE_SECONDS"])
+
+
+def service_window(allocation: Allocation) -> tuple[datetime, datetime]:
+    """When the allocation may deliver: its hours, cut at the failure for an interrupted one."""
+    end = allocation.delivered_end_hour if allocation.status == Allocation.Status.INTERRUPTED else allocation.end_hour
+    return hour_start(allocation.start_hour), hour_start(max(end if end is not None else allocation.end_hour,
+                                                             allocation.start_hour))
+
+
+# --- card-hour meters -------------------------------------------------------------------------
+
+def metered_seconds(*, meter: AllocationMeter, allocation: Allocation, now: datetime) -> int:
+    """Seconds of use so far: what heartbeats accumulated, plus the open stretch since the last
+    one (at most the grace period), never past the service window or the stop."""
+    if meter.started_at is None:
+        return 0
+    _, service_end = service_window(allocation)
+    seconds = meter.accumulated_seconds
+    if meter.stopped_at is None:
+        mark = meter.last_heartbeat_at or meter.started_at
+        open_end = min(now, mark + heartbeat_grace(), service_end)
+        seconds += max(0, int((open_end - mark).total_seconds()))
+    # Never beyond the service window, whatever heartbeats said (a failure may shorten it later).
+    return max(0, min(seconds, int((service_end - meter.started_at).total_seconds())))
+
+
+def _meter_advance(meter: AllocationMeter, allocation: Allocation, at: datetime) -> None:
+    """Fold the stretch from the last heartbeat to ``at`` into the meter: a heartbeat within the
+    grace period counts the whole stretch; after a longer silence only the grace counts."""
+    _, service_end = service_window(allocation)
+    mark = meter.last_heartbeat_at or meter.started_at
+    end = min(at, service_end, mark + heartbeat_grace())
+    meter.accumulated_seconds += max(0, int((end - mark).total_seconds()))
+    meter.last_heartbeat_at = max(mark, min(at, service_end))
+
+
+def _supplier_allocation_locked(*, organisation: Organisation | None, allocation_id: int) -> tuple[Order, Allocation]:
+    """The allocation and its order, locked in that global order (order first). ``organisation``
+    scopes the call to the allocation's supplier; None is the platform itself."""
+    allocation = Allocation.objects.filter(pk=allocation_id).first()
+    if allocation is None or (organisation is not None and allocation.supplier_id != organisation.pk):
+        raise NotFound("No such allocation.")
+    if allocation is None:
+        raise NotFound("No such allocation.")
+    order = Order.objects.select_for_update().get(pk=allocation.order_id)
+    return order, Allocation.objects.select_for_update().get(pk=allocation_id)
+
+
+def allocation_start(*, organisation: Organisation, allocation_id: int, now: datetime | None = None) -> AllocationMeter:
+    """The supplier starts the buyer's work. Billing runs from now (or the first hour of the
+    allocation, if the supplier is early). Locks order, then allocation. Starting twice is a no-op."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        order, allocation = _supplier_allocation_locked(organisation=organisation, allocation_id=allocation_id)
+        meter, _ = AllocationMeter.objects.select_for_update().get_or_create(allocation=allocation)
+        if allocation.status == Allocation.Status.RUNNING:
+            return meter
+        start, end = service_window(allocation)
+        if allocation.kind != Order.Kind.CARD_HOURS or allocation.status != Allocation.Status.CONFIRMED:
+            raise InvalidTransition(f"An allocation that is {allocation.status} cannot be started.",
+                                    fields={"status": [f"Cannot start from {allocation.status}."]})
+        if not start - heartbeat_grace() <= now < end:
+            raise InvalidTransition(f"The allocation runs from {start.isoformat()} to {end.isoformat()}.",
+                                    fields={"start": ["Outside the allocation's hours."]})
+        meter.started_at = max(now, start)
+        meter.last_heartbeat_at = meter.started_at
+        meter.save()
+        allocation.status = Allocation.Status.RUNNING
+        allocation.save(update_fields=["status", "updated_at"])
+        order.status = Order.Status.RUNNING
+        order.save(update_fields=["status", "updated_at"])
+        return meter
+
+
+def allocation_heartbeat(*, organisation: Organisation, allocation_id: int,
+                         now: datetime | None = None) -> AllocationMeter:
+    """The work is still running. Locks the allocation, then its meter."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        allocation = Allocation.objects.select_for_update().filter(pk=allocation_id, supplier=organisation).first()
+        if allocation is None:
+            raise NotFound("No such allocation.")
+        if allocation.status != Allocation.Status.RUNNING:
+            raise InvalidTransition(f"The allocation is {allocation.status}, not running.",
+                                    fields={"status": [f"Not running ({allocation.status})."]})
+        meter = AllocationMeter.objects.select_for_update().get(allocation=allocation)
+        _meter_advance(meter, allocation, now)
+        meter.save()
+        return meter
+
+
+def allocation_stop(*, organisation: Organisation | None, allocation_id: int, now: datetime | None = None) -> AllocationMeter:
+    """The work ended (the supplier says so, or the allocation's hours ran out): the allocation
+    and its order complete, unused whole hours go back on sale, and the allocation is settled
+    and its hold closed in the same transaction. Stopping twice is a no-op."""
+    from marketplace.hours import current_hour_index
+    from marketplace.services import _allocation_release_unused_locked
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        order, allocation = _supplier_allocation_locked(organisation=organisation, allocation_id=allocation_id)
+        meter, _ = AllocationMeter.objects.select_for_update().get_or_create(allocation=allocation)
+        if allocation.status == Allocation.Status.COMPLETED:
+            return meter
+        if allocation.status not in (Allocation.Status.RUNNING, Allocation.Status.CONFIRMED):
+            raise InvalidTransition(f"An allocation that is {allocation.status} cannot be stopped.",
+                                    fields={"status": [f"Cannot stop from {allocation.status}."]})
+        if meter.started_at is not None and meter.stopped_at is None:
+            _meter_advance(meter, allocation, now)
+            meter.stopped_at = max(meter.started_at, min(now, service_window(allocation)[1]))
+            meter.save()
+        _allocation_release_unused_locked(allocation=allocation, from_hour=current_hour_index(now) + 1)
+        allocation.status = Allocation.Status.COMPLETED
+        allocation.save(update_fields=["status", "updated_at"])
+        if not order.allocations.filter(status__in=Allocation.ACTIVE).exists():
+            order.status = Order.Status.COMPLETED
+            order.save(update_fields=["status", "updated_at"])
+        allocation_settle(allocation_id=allocation.pk, now=now, final=True)
+        return meter
+
+
+def allocations_close_due(*, now: datetime | None = None) -> int:
+    """Complete every live allocation whose hours have run out (card-hours: stopped at their end;
+    a confirmed one its supplier never started is completed with nothing to charge; tokens: at
+    the listing's end). Idempotent; returns how many it closed."""
+    now = now or timezone.now()
+    from marketplace.hours import current_hour_index
+
+    due = (Allocation.objects.filter(status__in=(Allocation.Status.CONFIRMED, Allocation.Status.RUNNING),
+                                     end_hour__lte=current_hour_index(now))
+           .order_by("pk").values_list("pk", flat=True))
+    closed = 0
+    for pk in due:
+        allocation_stop(organisation=None, allocation_id=pk, now=now)
+        closed += 1
+    return closed
+
+
+# --- settlement -------------------------------------------------------------------------------
+
+@dataclass
+class SettleOutcome:
+    allocation_id: int
+    charged: Decimal = Decimal(0)
+    events: int = 0
+    closed: bool = False
+    unfunded_events: int = 0
+
+
+def allocation_settle(*, allocation_id: int, now: datetime | None = None, final: bool | None = None) -> SettleOutcome:
+    """Charge what the allocation delivered since it was last settled and, once it has ended (or
+    ``final``), close its hold. Idempotent. Locks the allocation, meter, hold, then accounts.
+
+    Token usage beyond the hold (more tokens than the order expected) is charged from the buyer's
+    available balance; events the wallet cannot cover either stay unsettled, oldest first kept,
+    and are tried again by the next settlement."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        allocation = Allocation.objects.select_for_update().filter(pk=allocation_id).first()
+        if allocation is None:
+            raise NotFound("No such allocation.")
+        outcome = SettleOutcome(allocation_id)
+        hold = Hold.objects.select_for_update().filter(allocation=allocation).first()
+        buyer_id = Order.objects.filter(pk=allocation.order_id).values_list("organisation_id", flat=True).get()
+        accounts = _lock_settlement_accounts(buyer_id, allocation.supplier_id)
+        if allocation.kind == Order.Kind.CARD_HOURS:
+            _settle_card_hours(allocation, hold, accounts, buyer_id, now, outcome)
+        else:
+            _settle_tokens(allocation, hold, accounts, buyer_id, outcome)
+        if hold is not None and hold.status == Hold.Status.PENDING and (final or allocation.status in ENDED):
+            from .services import hold_release_locked
+
+            hold_release_locked(hold=hold)
+            outcome.closed = True
+        return outcome
+
+
+def _lock_settlement_accounts(buyer_id: int, supplier_id: int) -> dict[str, Account]:
+    accounts = {
+        "wallet": account_get_or_create(organisation_id=buyer_id, kind=Account.Kind.BUYER_WALLET),
+        "held": account_get_or_create(organisation_id=buyer_id, kind=Account.Kind.BUYER_HELD),
+        "payable": account_get_or_create(organisation_id=supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE),
+        "commission": account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION),
+    }
+    locked = accounts_lock(account_ids=[a.pk for a in accounts.values()])
+    return {name: locked[a.pk] for name, a in accounts.items()}
+
+
+def _post_charge(*, idempotency_id: str, hold: Hold | None, accounts: dict[str, Account], amount: Decimal,
+                 fee: Decimal, memo: str) -> tuple[Transfer, Decimal]:
+    """One settlement transfer: ``amount`` from the hold first, the rest from the wallet, to the
+    supplier less ``fee`` to the platform. Returns (transfer, part taken from the hold)."""
+    on_hold = Decimal(0)
+    if hold is not None and hold.status == Hold.Status.PENDING:
+        on_hold = min(amount, hold.amount - hold.posted_amount)
+    transfer, _ = transfer_post(idempotency_id=idempotency_id, kind="settle", memo=memo, legs=[
+        (accounts["held"].pk, -on_hold), (accounts["wallet"].pk, -(amount - on_hold)),
+        (accounts["payable"].pk, amount - fee), (accounts["commission"].pk, fee)])
+    if on_hold:
+        hold.posted_amount += on_hold
+        hold.save(update_fields=["posted_amount", "updated_at"])
+    return transfer, on_hold
+
+
+def _settle_card_hours(allocation: Allocation, hold: Hold | None, accounts, buyer_id: int, now: datetime,
+                       outcome: SettleOutcome) -> None:
+    meter = AllocationMeter.objects.select_for_update().filter(allocation=allocation).first()
+    if meter is None or meter.started_at is None:
+        return
+    minutes = metered_seconds(meter=meter, allocation=allocation, now=now) // 60
+    if minutes <= meter.billed_minutes:
+        return
+    total = rate_card_minutes(price_per_card_hour=allocation.price_per_card_hour, cards=allocation.cards,
+                              minutes=minutes)
+    amount = total - meter.billed_amount
+    fee = commission(amount=amount, rate=commission_rate())
+    transfer, _ = _post_charge(idempotency_id=f"settle:allocation:{allocation.pk}:minutes:{minutes}", hold=hold,
+                               accounts=accounts, amount=amount, fee=fee,
+                               memo=f"allocation {allocation.pk}: {minutes} minutes x {allocation.cards} cards")
+    usage_from = meter.started_at + timedelta(minutes=meter.billed_minutes)
+    Charge.objects.create(
+        buyer_id=buyer_id, supplier_id=allocation.supplier_id, order_id=allocation.order_id, allocation=allocation,
+        kind=Charge.Kind.CARD_HOURS,
+        quantity=(Decimal(allocation.cards * (minutes - meter.billed_minutes)) / 60).quantize(SIX),
+        unit_price=allocation.price_per_card_hour, amount=amount, commission=fee, usage_from=usage_from,
+        usage_to=meter.started_at + timedelta(minutes=minutes), transfer=transfer)
+    meter.billed_minutes, meter.billed_amount = minutes, total
+    meter.save(update_fields=["billed_minutes", "billed_amount", "updated_at"])
+    outcome.charged += amount
+
+
+def _settle_tokens(allocation: Allocation, hold: Hold | None, accounts, buyer_id: int, outcome: SettleOutcome) -> None:
+    pending = UsageEvent.objects.filter(allocation=allocation, settled=False)
+    summary = pending.aggregate(n=Count("id"), last=Max("id"), amount=Sum("amount"))
+    if not summary["n"]:
+        return
+    funds = accounts["wallet"].balance
+    if hold is not None and hold.status == Hold.Status.PENDING:
+        funds += hold.amount - hold.posted_amount
+    last = summary["last"]
+    if summary["amount"] > funds:
+        # Settle the oldest events the funds cover; the rest wait for a top-up.
+        running, last = Decimal(0), None
+        for pk, amount in pending.order_by("pk").values_list("pk", "amount").iterator(chunk_size=5000):
+            if running + amount > funds:
+                break
+            running, last = running + amount, pk
+        if last is None:
+            outcome.unfunded_events = summary["n"]
+            return
+    chosen = pending.filter(pk__lte=last)
+    sums = chosen.aggregate(n=Count("id"), hit=Sum("input_hit_tokens"), miss=Sum("input_miss_tokens"),
+                            out=Sum("output_tokens"), amount=Sum("amount"), first=Min("occurred_at"),
+                            latest=Max("occurred_at"))
+    prices = TokenPrices(allocation.price_input_hit_per_m, allocation.price_input_miss_per_m,
+                         allocation.price_output_per_m)
+    charge = rate_tokens(prices=prices, input_hit=sums["hit"], input_miss=sums["miss"], output=sums["out"])
+    # Rating is linear and exact at 12 decimals, so the kinds add up to the events' own amounts.
+    assert charge.total == sums["amount"], (charge.total, sums["amount"])
+    parts = [(Charge.Kind.INPUT_HIT, sums["hit"], prices.input_hit_per_m, charge.input_hit),
+             (Charge.Kind.INPUT_MISS, sums["miss"], prices.input_miss_per_m, charge.input_miss),
+             (Charge.Kind.OUTPUT, sums["out"], prices.output_per_m, charge.output)]
+    fees = {kind: commission(amount=amount, rate=commission_rate()) for kind, _, _, amount in parts}
+    transfer, _ = _post_charge(idempotency_id=f"settle:allocation:{allocation.pk}:events-to:{last}", hold=hold,
+                               accounts=accounts, amount=charge.total, fee=sum(fees.values()),
+                               memo=f"allocation {allocation.pk}: {sums['n']} usage events")
+    chosen.update(settled=True, settled_transfer=transfer)
+    Charge.objects.bulk_create([
+        Charge(buyer_id=buyer_id, supplier_id=allocation.supplier_id, order_id=allocation.order_id,
+               allocation=allocation, kind=kind, quantity=Decimal(tokens), unit_price=price, amount=amount,
+               commission=fees[kind], usage_from=sums["first"], usage_to=sums["latest"], transfer=transfer)
+        for kind, tokens, price, amount in parts if amount])
+    outcome.charged += charge.total
+    outcome.events += sums["n"]
+    outcome.unfunded_events = summary["n"] - sums["n"]
+
+
+def settle_pending_usage(*, now: datetime | None = None) -> int:
+    """Settle every allocation with unsettled token usage; returns how many events it settled."""
+    ids = (UsageEvent.objects.filter(settled=False).values_list("allocation_id", flat=True)
+           .distinct().order_by("allocation_id"))
+    return sum(allocation_settle(allocation_id=pk, now=now).events for pk in list(ids))
+
+
+def settle_due(*, now: datetime | None = None) -> int:
+    """The periodic sweep: running card-hour allocations, unsettled token usage, and ended
+    allocations whose hold is still open. Idempotent; returns how many allocations it settled."""
+    ids = set(Allocation.objects.filter(status=Allocation.Status.RUNNING).values_list("pk", flat=True))
+    ids |= set(UsageEvent.objects.filter(settled=False).values_list("allocation_id", flat=True).distinct())
+    ids |= set(Hold.objects.filter(status=Hold.Status.PENDING, allocation__status__in=ENDED)
+               .values_list("allocation_id", flat=True))
+    for pk in sorted(ids):
+        allocation_settle(allocation_id=pk, now=now)
+    return len(ids)
+
+
+# --- failures: service credits and reliability --------------------------------------------------
+
+def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Charge]:
+    """Settle what a node failure touched and compensate the buyers. Call inside the atomic block
+    that recorded the failure. Each affected allocation is settled and its hold closed; the buyer
+    was never charged for the hour of the failure or after it (the service window ends there).
+    A buyer whose work had started also gets a service credit: ``SERVICE_CREDIT_RATE`` of the lost
+    card-hours' value, paid by the platform. The supplier's reliability is recomputed."""
+    from matching.models import FailureImpact, NodeFailure
+
+    failure = NodeFailure.objects.select_related("node").get(pk=failure_id)
+    credits = []
+    rate = Decimal(settings.SANDUISAN["SERVICE_CREDIT_RATE"])
+    for impact in FailureImpact.objects.filter(failure=failure).select_related("allocation__order").order_by("pk"):
+        allocation = impact.allocation
+        allocation_settle(allocation_id=allocation.pk, now=now, final=True)
+        value = exact(allocation.price_per_card_hour * impact.cards * impact.hours_lost)
+        credit = exact(value * rate)
+        if not impact.started or credit <= 0:
+            continue
+        buyer_id = allocation.order.organisation_id
+        platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_CREDITS)
+        wallet = account_get_or_create(organisation_id=buyer_id, kind=Account.Kind.BUYER_WALLET)
+        transfer, created = transfer_post(idempotency_id=f"service-credit:impact:{impact.pk}", kind="service_credit",
+                                          legs=[(platform.pk, -credit), (wallet.pk, credit)],
+                                          memo=f"node {failure.node_id} failed under allocation {allocation.pk}")
+        if not created:
+            continue
+        at = hour_start(failure.failed_hour)
+        credits.append(Charge.objects.create(
+            buyer_id=buyer_id, supplier=None, order_id=allocation.order_id, allocation=allocation,
+            kind=Charge.Kind.SERVICE_CREDIT, quantity=Decimal(impact.cards * impact.hours_lost),
+            unit_price=allocation.price_per_card_hour, amount=-credit, commission=Decimal(0), usage_from=at,
+            usage_to=at, transfer=transfer,
+            memo=f"{rate:%} of {impact.cards * impact.hours_lost} card-hours lost to a node failure"))
+    supplier_reliability_refresh(organisation_id=failure.node.organisation_id)
+    return credits
+
+
+def supplier_reliability_refresh(*, organisation_id: int) -> Decimal:
+    """Reliability = share of committed card-hours delivered, smoothed by a prior of fully
+    delivered card-hours (``RELIABILITY_PRIOR_CARD_HOURS``) so one early failure does not sink
+    a new supplier: (delivered + prior) / (delivered + lost + prior), rounded down to 0.001."""
+    from matching.models import FailureImpact
+
+    prior = Decimal(settings.SANDUISAN["RELIABILITY_PRIOR_CARD_HOURS"])
+    sold = Allocation.objects.filter(supplier_id=organisation_id, kind=Order.Kind.CARD_HOURS)
+    delivered = Decimal(0)
+    for cards, start, end, delivered_end, status in sold.exclude(status=Allocation.Status.RELEASED).values_list(
+            "cards", "start_hour", "end_hour", "delivered_end_hour", "status"):
+        last = delivered_end if status == Allocation.Status.INTERRUPTED and delivered_end is not None else end
+        delivered += cards * max(0, last - start)
+    lost = sum((Decimal(i.cards * i.hours_lost) for i in FailureImpact.objects.filter(
+        allocation__supplier_id=organisation_id)), Decimal(0))
+    reliability = ((delivered + prior) / (delivered + lost + prior)).quantize(Decimal("0.001"), rounding="ROUND_DOWN")
+    Organisation.objects.filter(pk=organisation_id).update(reliability=reliability)
+    return reliability
