@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Account, Entry, Hold, Transfer, UsageEvent
+from .models import Account, AllocationMeter, Charge, Entry, Hold, Invoice, InvoiceLine, Transfer, UsageEvent
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -57,4 +57,34 @@ class UsageEventAdmin(ReadOnly):
                     "input_miss_tokens", "output_tokens", "amount", "settled"]
     list_filter = ["settled"]
     search_fields = ["event_id"]
+    raw_id_fields = ["allocation"]
+
+
+@admin.register(Charge)
+class ChargeAdmin(ReadOnly):
+    list_display = ["id", "buyer", "supplier", "order", "kind", "quantity", "amount", "commission", "usage_to",
+                    "invoice", "statement"]
+    list_filter = ["kind"]
+    search_fields = ["buyer__name", "supplier__name", "memo"]
+    raw_id_fields = ["order", "allocation", "transfer", "invoice", "statement"]
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    readonly_fields = ["order", "kind", "adjustment", "quantity", "amount", "commission", "description"]
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnly):
+    list_display = ["number", "organisation", "kind", "period_start", "period_end", "total", "issued_at"]
+    list_filter = ["kind"]
+    search_fields = ["number", "organisation__name"]
+    inlines = [InvoiceLineInline]
+
+
+@admin.register(AllocationMeter)
+class AllocationMeterAdmin(ReadOnly):
+    list_display = ["allocation", "started_at", "last_heartbeat_at", "stopped_at", "billed_minutes", "billed_amount"]
     raw_id_fields = ["allocation"]

@@ -1,6 +1,11 @@
 from decimal import Decimal
 
-from .models import Account
+from django.db.models import Q, QuerySet
+
+from config.errors import NotFound
+from marketplace.models import Allocation, Organisation
+
+from .models import Account, AllocationMeter, Charge, Invoice
 
 
 def wallet_balances(*, organisation_id: int) -> dict[str, Decimal]:
@@ -10,3 +15,42 @@ def wallet_balances(*, organisation_id: int) -> dict[str, Decimal]:
                     .values_list("kind", "balance"))
     return {"currency": "CNY", "available": balances.get(Account.Kind.BUYER_WALLET, Decimal(0)),
             "held": balances.get(Account.Kind.BUYER_HELD, Decimal(0))}
+
+
+def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
+    """The organisation's own invoices (as a buyer) and statements (as a supplier)."""
+    return Invoice.objects.filter(organisation=organisation).order_by("-id")
+
+
+def invoice_get(*, organisation: Organisation, invoice_id: int) -> Invoice:
+    invoice = invoice_list(organisation=organisation).prefetch_related("lines").filter(pk=invoice_id).first()
+    if invoice is None:
+        raise NotFound("No such invoice.")
+    return invoice
+
+
+def allocation_meter_get(*, organisation: Organisation, allocation_id: int) -> tuple[Allocation, AllocationMeter]:
+    """An allocation's meter, seen by its supplier or its buyer; others get NotFound."""
+    allocation = (Allocation.objects.filter(Q(order__organisation=organisation) | Q(supplier=organisation))
+                  .filter(pk=allocation_id).first())
+    if allocation is None:
+        raise NotFound("No such allocation.")
+    return allocation, AllocationMeter.objects.filter(allocation=allocation).first() or AllocationMeter(
+        allocation=allocation)
+
+
+def meter_figures(*, allocation: Allocation, meter: AllocationMeter, now=None) -> dict:
+    """What the meter shows: minutes used so far and what settlement has charged."""
+    from django.utils import timezone
+
+    from .settlement import metered_seconds
+
+    return {"allocation": allocation.pk, "status": allocation.status, "started_at": meter.started_at,
+            "last_heartbeat_at": meter.last_heartbeat_at, "stopped_at": meter.stopped_at,
+            "metered_minutes": metered_seconds(meter=meter, allocation=allocation, now=now or timezone.now()) // 60,
+            "billed_minutes": meter.billed_minutes, "billed_amount": meter.billed_amount}
+
+
+def charge_list(*, organisation: Organisation) -> QuerySet[Charge]:
+    """Charges the organisation paid as a buyer or earned as a supplier."""
+    return Charge.objects.filter(Q(buyer=organisation) | Q(supplier=organisation)).order_by("-id")

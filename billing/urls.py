@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import apis
+from . import apis, settlement_apis
 
 urlpatterns = [
     path("wallet", apis.WalletApi.as_view(), name="wallet"),
@@ -9,4 +9,16 @@ urlpatterns = [
 urlpatterns += [
     path("usage-events", apis.UsageEventApi.as_view(), name="usage-event"),
     path("usage-events/batch", apis.UsageEventBatchApi.as_view(), name="usage-event-batch"),
+]
+urlpatterns += [
+    path("allocations/<int:allocation_id>/meter", settlement_apis.AllocationMeterApi.as_view(), name="allocation-meter"),
+    path("allocations/<int:allocation_id>/<str:action>", settlement_apis.AllocationMeterApi.as_view(),
+         name="allocation-meter-action"),
+    path("charges", settlement_apis.ChargeListApi.as_view(), name="charges"),
+    path("invoices", settlement_apis.InvoiceListIssueApi.as_view(), name="invoices"),
+    path("invoices/<int:invoice_id>", settlement_apis.InvoiceDetailApi.as_view(), name="invoice-detail"),
+    path("invoices/<int:invoice_id>/document", settlement_apis.InvoiceDocumentApi.as_view(), name="invoice-document"),
+    path("admin/organisations/<int:organisation_id>/payouts", settlement_apis.AdminPayoutApi.as_view(),
+         name="admin-payout"),
+    path("admin/charges/<int:charge_id>/refund", settlement_apis.AdminRefundApi.as_view(), name="admin-refund"),
 ]

@@ -1,0 +1,190 @@
+"""Billing HTTP API after the match: card-hour meters (supplier), invoices and statements
+(their owners), payouts and refunds (platform admins). Thin views over billing services."""
+from decimal import Decimal
+
+from django.shortcuts import render
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.api.jsonable import jsonable
+from config.errors import NotFound
+from marketplace.actors import actor_for_request
+from marketplace.models import Organisation
+from marketplace.permissions import IsPlatformAdmin
+
+from . import invoicing, selectors, settlement
+from .models import Charge, Invoice, InvoiceLine
+
+MeterOutput = inline_serializer("AllocationMeter", {
+    "allocation": serializers.IntegerField(), "status": serializers.CharField(),
+    "started_at": serializers.DateTimeField(allow_null=True), "last_heartbeat_at": serializers.DateTimeField(allow_null=True),
+    "stopped_at": serializers.DateTimeField(allow_null=True), "metered_minutes": serializers.IntegerField(),
+    "billed_minutes": serializers.IntegerField(), "billed_amount": serializers.DecimalField(30, 12)})
+
+
+class AllocationMeterApi(APIView):
+    """GET: the meter of an allocation you bought or supply. POST (supplier): ``start``,
+    ``heartbeat`` or ``stop`` the work; billing is per minute of actual use."""
+
+    ACTIONS = {"start": settlement.allocation_start, "heartbeat": settlement.allocation_heartbeat,
+               "stop": settlement.allocation_stop}
+
+    @extend_schema(responses=MeterOutput)
+    def get(self, request, allocation_id: int):
+        org = actor_for_request(request).require_organisation()
+        allocation, meter = selectors.allocation_meter_get(organisation=org, allocation_id=allocation_id)
+        return Response(jsonable(selectors.meter_figures(allocation=allocation, meter=meter)))
+
+    @extend_schema(request=None, responses=MeterOutput)
+    def post(self, request, allocation_id: int, action: str):
+        actor = actor_for_request(request)
+        actor.require_write()
+        org = actor.require_organisation()
+        if action not in self.ACTIONS:
+            raise NotFound("No such action.")
+        self.ACTIONS[action](organisation=org, allocation_id=allocation_id)
+        allocation, meter = selectors.allocation_meter_get(organisation=org, allocation_id=allocation_id)
+        return Response(jsonable(selectors.meter_figures(allocation=allocation, meter=meter)))
+
+
+class InvoiceLineOutput(serializers.ModelSerializer):
+    class Meta:
+        model = InvoiceLine
+        fields = ["order", "kind", "adjustment", "quantity", "amount", "commission", "description"]
+
+
+class InvoiceOutput(serializers.ModelSerializer):
+    lines = InvoiceLineOutput(many=True, read_only=True)
+
+    class Meta:
+        model = Invoice
+        fields = ["id", "number", "kind", "period_start", "period_end", "currency", "subtotal", "commission", "total",
+                  "rounding", "figures", "issued_at", "lines"]
+
+
+class InvoiceListIssueApi(generics.ListAPIView):
+    """GET: your invoices (as a buyer) and statements (as a supplier). POST: issue the next one
+    now, covering everything since the previous one (monthly ones are issued automatically)."""
+
+    serializer_class = InvoiceOutput
+    filterset_fields = ["kind"]
+    ordering_fields = ["id", "period_end"]
+
+    class IssueInput(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=Invoice.Kind.choices, default=Invoice.Kind.INVOICE)
+        period_end = serializers.DateTimeField(required=False)
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Invoice.objects.none()
+        org = actor_for_request(self.request).require_organisation()
+        return selectors.invoice_list(organisation=org).prefetch_related("lines")
+
+    @extend_schema(request=IssueInput, responses={201: InvoiceOutput})
+    def post(self, request):
+        actor = actor_for_request(request)
+        actor.require_write()
+        org = actor.require_organisation()
+        data = self.IssueInput(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        invoice = invoicing.invoice_issue(organisation_id=org.pk, kind=data.validated_data["kind"],
+                                          period_end=data.validated_data.get("period_end"))
+        return Response(InvoiceOutput(invoice).data, status=status.HTTP_201_CREATED)
+
+
+class InvoiceDetailApi(APIView):
+    @extend_schema(responses=InvoiceOutput)
+    def get(self, request, invoice_id: int):
+        org = actor_for_request(request).require_organisation()
+        return Response(InvoiceOutput(selectors.invoice_get(organisation=org, invoice_id=invoice_id)).data)
+
+
+class InvoiceDocumentApi(APIView):
+    """The invoice or statement as a printable HTML page."""
+
+    @extend_schema(responses={(200, "text/html"): OpenApiResponse(description="printable document")})
+    def get(self, request, invoice_id: int):
+        org = actor_for_request(request).require_organisation()
+        invoice = selectors.invoice_get(organisation=org, invoice_id=invoice_id)
+        lines = [{"line": line, "earnings": line.amount - line.commission} for line in invoice.lines.all()]
+        return render(request, "billing/invoice.html", {"invoice": invoice, "organisation": org, "lines": lines})
+
+
+class AdminPayoutApi(APIView):
+    """Pay a supplier what it is owed, floored to the fen (idempotent by ``reference``)."""
+
+    permission_classes = [IsPlatformAdmin]
+
+    class PayoutInput(serializers.Serializer):
+        reference = serializers.CharField(max_length=150)
+
+    @extend_schema(request=PayoutInput, responses={201: inline_serializer(
+        "Payout", {"id": serializers.IntegerField(), "amount": serializers.DecimalField(30, 12)})})
+    def post(self, request, organisation_id: int):
+        if not Organisation.objects.filter(pk=organisation_id).exists():
+            raise NotFound("No such organisation.")
+        data = self.PayoutInput(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        transfer = invoicing.payout_create(organisation_id=organisation_id,
+                                           reference=f"admin:{data.validated_data['reference']}")
+        paid = transfer.entries.filter(account__kind="external").values_list("amount", flat=True).first()
+        return Response(jsonable({"id": transfer.pk, "amount": paid}), status=status.HTTP_201_CREATED)
+
+
+class AdminRefundApi(APIView):
+    """Refund part or all of a charge to its buyer (idempotent by ``reference``)."""
+
+    permission_classes = [IsPlatformAdmin]
+
+    class RefundInput(serializers.Serializer):
+        amount = serializers.DecimalField(max_digits=24, decimal_places=12, min_value=Decimal("0.000000000001"))
+        reason = serializers.CharField(max_length=250)
+        reference = serializers.CharField(max_length=150)
+
+    @extend_schema(request=RefundInput, responses={201: inline_serializer(
+        "Refund", {"id": serializers.IntegerField(), "amount": serializers.DecimalField(30, 12)})})
+    def post(self, request, charge_id: int):
+        data = self.RefundInput(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        refund = invoicing.charge_refund(charge_id=charge_id, amount=data.validated_data["amount"],
+                                         reason=data.validated_data["reason"],
+                                         reference=f"admin:{data.validated_data['reference']}")
+        return Response(jsonable({"id": refund.pk, "amount": refund.amount}), status=status.HTTP_201_CREATED)
+
+
+class ChargeOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    side = serializers.SerializerMethodField()
+    order = serializers.IntegerField(source="order_id")
+    allocation = serializers.IntegerField(source="allocation_id")
+    kind = serializers.CharField()
+    quantity = serializers.DecimalField(24, 6)
+    unit_price = serializers.DecimalField(18, 6)
+    amount = serializers.DecimalField(30, 12)
+    commission = serializers.DecimalField(30, 12)
+    usage_from = serializers.DateTimeField()
+    usage_to = serializers.DateTimeField()
+    invoice = serializers.IntegerField(source="invoice_id", allow_null=True)
+    statement = serializers.IntegerField(source="statement_id", allow_null=True)
+    memo = serializers.CharField()
+
+    def get_side(self, charge) -> str:
+        return "buyer" if charge.buyer_id == self.context["organisation"].pk else "supplier"
+
+
+class ChargeListApi(generics.ListAPIView):
+    """Every charge, credit and refund you paid (as a buyer) or earned (as a supplier)."""
+
+    serializer_class = ChargeOutput
+    filterset_fields = ["kind", "order", "allocation"]
+    ordering_fields = ["id", "usage_to"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Charge.objects.none()
+        return selectors.charge_list(organisation=actor_for_request(self.request).require_organisation())
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "organisation": actor_for_request(self.request).organisation}
