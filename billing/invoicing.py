@@ -71,7 +71,8 @@ def invoice_issue(*, organisation_id: int, kind: str = Invoice.Kind.INVOICE, per
         else:
             charges = Charge.objects.filter(supplier_id=organisation_id, statement__isnull=True)
         charges = list(charges.filter(usage_to__lte=period_end).select_for_update().order_by("pk"))
-        lines = _lines(charges, period_start, supplier=kind == Invoice.Kind.STATEMENT)
+        # Usage that ended inside an already issued period arrived late: an adjustment.
+        lines = _lines(charges, late_before=previous.period_end if previous else None)
         gross = sum((line.amount for line in lines), Decimal(0))
         fee = sum((line.commission for line in lines), Decimal(0))
         exact_total = gross if kind == Invoice.Kind.INVOICE else gross - fee
@@ -97,10 +98,11 @@ def invoice_issue(*, organisation_id: int, kind: str = Invoice.Kind.INVOICE, per
         return invoice
 
 
-def _lines(charges: list[Charge], period_start: datetime, *, supplier: bool) -> list[InvoiceLine]:
+def _lines(charges: list[Charge], *, late_before: datetime | None) -> list[InvoiceLine]:
     groups: dict[tuple, list[Charge]] = defaultdict(list)
     for charge in charges:
-        groups[(charge.order_id, charge.kind, charge.usage_to <= period_start)].append(charge)
+        late = late_before is not None and charge.usage_to <= late_before
+        groups[(charge.order_id, charge.kind, late)].append(charge)
     lines = []
     for (order_id, kind, adjustment), group in sorted(groups.items(), key=lambda g: (g[0][0] or 0, g[0][1], g[0][2])):
         quantity = sum((c.quantity for c in group), Decimal(0))

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 from django.db.models import QuerySet
 
+from billing.selectors import wallet_balances
+from billing.services import allocation_max_cost
 from config.api.jsonable import jsonable
 from config.errors import ApplicationError
 from marketplace.demand import RegionPolicySpec, demand_from_order
@@ -31,7 +33,8 @@ def round_list() -> QuerySet[MatchRound]:
 def order_explain(*, organisation: Organisation, order_id: int) -> dict:
     """Why an open order is not matched yet, and the nearest alternatives that would match.
 
-    Reasons, in the order they are checked: ``waiting_for_review``; ``no_chip_fits`` (nothing of an
+    Reasons, in the order they are checked: ``waiting_for_review``; ``insufficient_funds`` (the
+    wallet cannot hold the order's maximum cost); ``no_chip_fits`` (nothing of an
     acceptable chip is on sale); ``no_supply_in_allowed_regions``; ``interconnect_unavailable``;
     ``capacity_taken`` (it would fit in the window if the sold slots were free) or
     ``no_capacity_in_window``; ``price_gap`` (best feasible ask X against the bid Y); otherwise
@@ -42,14 +45,19 @@ def order_explain(*, organisation: Organisation, order_id: int) -> dict:
     if order.status != Order.Status.OPEN:
         out["reasons"].append({"code": "not_open", "message": f"The order is {order.status}."})
         return out
-    if order.kind == Order.Kind.TOKENS:
-        return _explain_tokens(order, out)
     pending = order.allocations.filter(status=Allocation.Status.PENDING_REVIEW).select_related("review").first()
     if pending is not None:
         out["reasons"].append({"code": "waiting_for_review",
                                "message": "A match was found and is waiting for a platform admin's review.",
                                "flags": getattr(getattr(pending, "review", None), "reasons", [])})
         return out
+    short = _funds_short(order)
+    if short is not None:
+        out["reasons"].append(short)
+        out["alternatives"].append({"kind": "top_up", "amount": short["shortfall"]})
+        return out
+    if order.kind == Order.Kind.TOKENS:
+        return _explain_tokens(order, out)
 
     try:
         demand = demand_from_order(order)
@@ -87,6 +95,20 @@ def order_explain(*, organisation: Organisation, order_id: int) -> dict:
         return out
     out["alternatives"].extend(_alternatives(order, organisation, demand, bid))
     return out
+
+
+def _funds_short(order: Order) -> dict | None:
+    """``insufficient_funds`` when the wallet cannot hold the order's maximum cost (with its
+    largest chip option, for card-hours), else None."""
+    cards = max((o.cards for o in order.chip_options.all()), default=order.cards or 0)
+    needed = allocation_max_cost(order=order, cards=cards, hours=order.duration_hours or 0)
+    available = wallet_balances(organisation_id=order.organisation_id)["available"]
+    if available >= needed:
+        return None
+    return {"code": "insufficient_funds", "needed": str(needed), "available": str(available),
+            "shortfall": str(needed - available),
+            "message": f"A match holds the order's maximum cost, {needed} CNY; your wallet has {available} CNY "
+                       f"available."}
 
 
 def _any_in_regions(order, organisation, demand) -> bool:
