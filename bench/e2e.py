@@ -36,13 +36,16 @@ def _load(supply, demand, meta, h0: int) -> None:
 
     from django.db import connection, transaction
 
+    from billing.services import wallet_top_up
+
     from marketplace.hours import hour_start
     from marketplace.models import (ChipType, Listing, ListingHour, Node, Order, OrderChipOption, Organisation,
                                     Region)
     from matching.engine.types import INTERCONNECTS, from_micro
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE marketplace_organisation, matching_matchround RESTART IDENTITY CASCADE")
+        cursor.execute("TRUNCATE marketplace_organisation, matching_matchround, billing_transfer, billing_account"
+                       " RESTART IDENTITY CASCADE")
     chips = {c.code: c.pk for c in ChipType.objects.all()}
     regions = {r.code: r for r in Region.objects.all()}
     horizon = supply.free.shape[1]
@@ -53,6 +56,9 @@ def _load(supply, demand, meta, h0: int) -> None:
                                   home_region=regions[meta.region_codes[b]])
                   for b in np.unique(meta.buyer_region).tolist()}
         Organisation.objects.bulk_create([*suppliers.values(), *buyers.values()])
+        # Every match holds its buyer's maximum cost: fund the buyers so money never limits the round.
+        for buyer in buyers.values():
+            wallet_top_up(organisation_id=buyer.pk, amount=Decimal("1000000000"), reference=f"bench:{buyer.slug}")
         nodes = [Node(organisation=suppliers[int(supply.supplier[i])], name=f"n{i}",
                       chip_id=chips[meta.chips[int(supply.chip[i])]], card_count=int(meta.cards[i]),
                       region=regions[meta.region_codes[int(supply.region[i])]],

@@ -181,46 +181,44 @@ def buyer_funds_lock(*, organisation_ids) -> dict[int, Decimal]:
     return {a.organisation_id: a.balance for a in locked if a.kind == Account.Kind.BUYER_WALLET}
 
 
-def match_holds_place(*, holds: Sequence[MatchHold]) -> None:
+def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> None:
     """Place many allocation holds in a few set-based statements (a round may create tens of
-    thousands). Call inside the atomic block that called ``buyer_funds_lock`` for these buyers,
-    having checked each buyer's funds against that result; the no-overdraft CHECK is the backstop."""
+    thousands): one ledger transfer per buyer for the batch (``hold:<batch_reference>:<buyer>``,
+    wallet to held), and one Hold row per allocation. Call inside the atomic block that called
+    ``buyer_funds_lock`` for these buyers, having checked each buyer's funds against that result;
+    the no-overdraft CHECK is the backstop."""
     if not holds:
         return
     accounts = {(o, k): pk for pk, o, k in Account.objects.filter(
         organisation_id__in={h.organisation_id for h in holds}, currency="CNY", kind__in=BUYER_KINDS)
         .values_list("pk", "organisation_id", "kind")}
+    per_buyer: dict[int, Decimal] = defaultdict(Decimal)
+    for hold in holds:
+        per_buyer[hold.organisation_id] += exact(hold.amount)
+    buyers = sorted(per_buyer)
     now = timezone.now()
-    amounts = [exact(h.amount) for h in holds]
-    references = [f"allocation:{h.allocation_id}" for h in holds]
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO billing_transfer (idempotency_id, kind, currency, memo, created_at)"
-            " SELECT 'hold:' || r, 'hold', 'CNY', '', %s FROM unnest(%s::text[]) AS t(r) RETURNING id, idempotency_id",
-            [now, references])
-        transfer_of = {ref[5:]: pk for pk, ref in cursor.fetchall()}
+            " SELECT %s || t.b, 'hold', 'CNY', %s, %s FROM unnest(%s::bigint[]) AS t(b) RETURNING id",
+            [f"hold:{batch_reference}:", f"holds of {batch_reference}"[:300], now, buyers])
+        transfer_ids = [row[0] for row in cursor.fetchall()]
         entry_transfer, entry_account, entry_amount = [], [], []
-        delta: dict[int, Decimal] = defaultdict(Decimal)
-        for hold, reference, amount in zip(holds, references, amounts):
-            wallet = accounts[(hold.organisation_id, Account.Kind.BUYER_WALLET)]
-            held = accounts[(hold.organisation_id, Account.Kind.BUYER_HELD)]
-            entry_transfer += [transfer_of[reference]] * 2
-            entry_account += [wallet, held]
-            entry_amount += [-amount, amount]
-            delta[wallet] -= amount
-            delta[held] += amount
+        for transfer_id, buyer in zip(transfer_ids, buyers):
+            entry_transfer += [transfer_id, transfer_id]
+            entry_account += [accounts[(buyer, Account.Kind.BUYER_WALLET)], accounts[(buyer, Account.Kind.BUYER_HELD)]]
+            entry_amount += [-per_buyer[buyer], per_buyer[buyer]]
         cursor.execute("INSERT INTO billing_entry (transfer_id, account_id, amount)"
                        " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[])",
                        [entry_transfer, entry_account, entry_amount])
         cursor.execute("UPDATE billing_account a SET balance = a.balance + t.d FROM unnest(%s::bigint[], %s::numeric[])"
-                       " AS t(id, d) WHERE a.id = t.id", [list(delta), list(delta.values())])
+                       " AS t(id, d) WHERE a.id = t.id", [entry_account, entry_amount])
         cursor.execute(
             "INSERT INTO billing_hold (organisation_id, reference, allocation_id, amount, posted_amount, status,"
-            " expires_at, created_at, updated_at) SELECT t.o, t.r, t.a, t.m, 0, 'pending', t.e, %s, %s"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::numeric[], %s::timestamptz[])"
-            " AS t(o, r, a, m, e)",
-            [now, now, [h.organisation_id for h in holds], references, [h.allocation_id for h in holds], amounts,
-             [h.expires_at for h in holds]])
+            " expires_at, created_at, updated_at) SELECT t.o, 'allocation:' || t.a, t.a, t.m, 0, 'pending', t.e, %s,"
+            " %s FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::timestamptz[]) AS t(o, a, m, e)",
+            [now, now, [h.organisation_id for h in holds], [h.allocation_id for h in holds],
+             [exact(h.amount) for h in holds], [h.expires_at for h in holds]])
 
 
 def hold_capture_locked(*, hold: Hold, amount: Decimal, supplier_id: int, commission_rate: Decimal,

@@ -190,19 +190,24 @@ class SettleOutcome:
 
 def allocation_settle(*, allocation_id: int, now: datetime | None = None, final: bool | None = None) -> SettleOutcome:
     """Charge what the allocation delivered since it was last settled and, once it has ended (or
-    ``final``), close its hold. Idempotent. Locks the allocation, meter, hold, then accounts.
+    ``final``), close its hold. Idempotent. Locks the order, allocation, meter, hold, then the
+    accounts (the global order, so it can run inside a caller's transaction that holds some).
 
     Token usage beyond the hold (more tokens than the order expected) is charged from the buyer's
     available balance; events the wallet cannot cover either stay unsettled, oldest first kept,
     and are tried again by the next settlement."""
     now = now or timezone.now()
+    order_id = Allocation.objects.filter(pk=allocation_id).values_list("order_id", flat=True).first()
+    if order_id is None:
+        raise NotFound("No such allocation.")
     with transaction.atomic():
-        allocation = Allocation.objects.select_for_update().filter(pk=allocation_id).first()
-        if allocation is None:
-            raise NotFound("No such allocation.")
+        # The order first, as every writer does: a charge's foreign key to the order is checked at
+        # commit (Django's constraints are deferred), and that check must not wait on a lock
+        # holder who in turn waits for this allocation.
+        buyer_id = Order.objects.select_for_update().filter(pk=order_id).values_list("organisation_id", flat=True).get()
+        allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
         outcome = SettleOutcome(allocation_id)
         hold = Hold.objects.select_for_update().filter(allocation=allocation).first()
-        buyer_id = Order.objects.filter(pk=allocation.order_id).values_list("organisation_id", flat=True).get()
         accounts = _lock_settlement_accounts(buyer_id, allocation.supplier_id)
         if allocation.kind == Order.Kind.CARD_HOURS:
             _settle_card_hours(allocation, hold, accounts, buyer_id, now, outcome)

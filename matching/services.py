@@ -203,7 +203,7 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
         match_holds_place(holds=[
             MatchHold(organisation_id=orders[order_id].organisation_id, allocation_id=allocation_of[order_id],
                       amount=cost[order_id], expires_at=allocation_hold_expiry(end_hour=int(result.end_hour[i])))
-            for i, order_id in zip(accepted, order_ids)])
+            for i, order_id in zip(accepted, order_ids)], batch_reference=f"round:{round_id}")
         reviews = [MatchReview(allocation_id=allocation_of[int(result.order_id[i])], reasons=flags[i])
                    for i in accepted if flags.get(i)]
         MatchReview.objects.bulk_create(reviews, batch_size=5000)
