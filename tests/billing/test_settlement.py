@@ -218,3 +218,43 @@ def test_admin_refund_and_payout(supplier_client, buyer_client):
     assert_error(admin.post(f"/api/v1/admin/organisations/{supplier_client.organisation.pk}/payouts",
                             {"reference": "wire-2"}, format="json"), 409, code="nothing_to_pay")
     assert_books_balance()
+
+
+def test_allocations_close_when_their_hours_run_out_and_months_are_invoiced(supplier_client, buyer_client):
+    supplier, buyer = supplier_client.organisation, buyer_client.organisation
+    ran = card_hour_allocation(supplier, buyer_client, cards=2, hours=1, bid="12", ask="12")
+    idle = card_hour_allocation(supplier, buyer_client, cards=2, hours=1, bid="12", ask="12")
+    settlement.allocation_start(organisation=supplier, allocation_id=ran.pk, now=minutes_into(ran, 0))
+    for minute in range(5, 61, 5):
+        settlement.allocation_heartbeat(organisation=supplier, allocation_id=ran.pk, now=minutes_into(ran, minute))
+    # when the sweep runs after the hour, with no stop from the supplier
+    after = minutes_into(ran, 70)
+    assert settlement.allocations_close_due(now=after) == 2 and settlement.allocations_close_due(now=after) == 0
+    # then the one that ran is charged its 60 minutes (2 x 12 = 24) and the one never started nothing
+    assert Allocation.objects.get(pk=ran.pk).status == "completed"
+    assert sum(c.amount for c in Charge.objects.filter(allocation=ran)) == Decimal("24")
+    assert not Charge.objects.filter(allocation=idle).exists()
+    assert Hold.objects.get(allocation=idle).status == "voided"
+    assert balance(buyer.pk, "buyer_held") == 0
+    # and the monthly run invoices the buyer and states the supplier once
+    next_month = (after.replace(day=1) + timedelta(days=32)).replace(day=1, hour=5)
+    assert invoicing.invoices_issue_monthly(now=next_month) == 2
+    assert invoicing.invoices_issue_monthly(now=next_month) == 0
+    invoice = Invoice.objects.get(organisation=buyer)
+    assert invoice.total == Decimal("24.00") and invoice.period_end == next_month.replace(hour=0, minute=0)
+    assert Invoice.objects.get(organisation=supplier, kind="statement").total == Decimal("22.08")  # 24 less 8%
+    assert_books_balance()
+
+
+def test_an_expired_allocation_hold_is_settled_not_just_voided(supplier_client, buyer_client):
+    tokens = token_allocation(supplier_client.organisation, buyer_client)
+    usage_record_batch(organisation_id=supplier_client.organisation.pk,
+                       events=[UsageIn("e", tokens.pk, timezone.now(), 0, 1_000_000, 0)])
+    Hold.objects.filter(allocation=tokens).update(expires_at=timezone.now() - timedelta(minutes=1))
+    from billing.services import holds_expire
+
+    assert holds_expire() == 1
+    hold = Hold.objects.get(allocation=tokens)
+    assert hold.status == "posted" and hold.posted_amount == Decimal("2")  # the usage was charged first
+    assert balance(buyer_client.organisation.pk, "buyer_held") == 0
+    assert_books_balance()
