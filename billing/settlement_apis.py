@@ -25,11 +25,7 @@ MeterOutput = inline_serializer("AllocationMeter", {
 
 
 class AllocationMeterApi(APIView):
-    """GET: the meter of an allocation you bought or supply. POST (supplier): ``start``,
-    ``heartbeat`` or ``stop`` the work; billing is per minute of actual use."""
-
-    ACTIONS = {"start": settlement.allocation_start, "heartbeat": settlement.allocation_heartbeat,
-               "stop": settlement.allocation_stop}
+    """The meter of an allocation you bought or supply: minutes used so far and charged."""
 
     @extend_schema(responses=MeterOutput)
     def get(self, request, allocation_id: int):
@@ -37,14 +33,21 @@ class AllocationMeterApi(APIView):
         allocation, meter = selectors.allocation_meter_get(organisation=org, allocation_id=allocation_id)
         return Response(jsonable(selectors.meter_figures(allocation=allocation, meter=meter)))
 
+
+class AllocationMeterActionApi(APIView):
+    """The supplier starts, keeps alive (heartbeat, every minute or so) or stops the buyer's work;
+    billing is per minute of actual use. One view, bound to one action per URL."""
+
+    action = None
+    ACTIONS = {"start": settlement.allocation_start, "heartbeat": settlement.allocation_heartbeat,
+               "stop": settlement.allocation_stop}
+
     @extend_schema(request=None, responses=MeterOutput)
-    def post(self, request, allocation_id: int, action: str):
+    def post(self, request, allocation_id: int):
         actor = actor_for_request(request)
         actor.require_write()
         org = actor.require_organisation()
-        if action not in self.ACTIONS:
-            raise NotFound("No such action.")
-        self.ACTIONS[action](organisation=org, allocation_id=allocation_id)
+        self.ACTIONS[self.action](organisation=org, allocation_id=allocation_id)
         allocation, meter = selectors.allocation_meter_get(organisation=org, allocation_id=allocation_id)
         return Response(jsonable(selectors.meter_figures(allocation=allocation, meter=meter)))
 

@@ -12,8 +12,8 @@ urlpatterns += [
 ]
 urlpatterns += [
     path("allocations/<int:allocation_id>/meter", settlement_apis.AllocationMeterApi.as_view(), name="allocation-meter"),
-    path("allocations/<int:allocation_id>/<str:action>", settlement_apis.AllocationMeterApi.as_view(),
-         name="allocation-meter-action"),
+    *[path(f"allocations/<int:allocation_id>/{action}", settlement_apis.AllocationMeterActionApi.as_view(action=action),
+           name=f"allocation-{action}") for action in settlement_apis.AllocationMeterActionApi.ACTIONS],
     path("charges", settlement_apis.ChargeListApi.as_view(), name="charges"),
     path("invoices", settlement_apis.InvoiceListIssueApi.as_view(), name="invoices"),
     path("invoices/<int:invoice_id>", settlement_apis.InvoiceDetailApi.as_view(), name="invoice-detail"),

@@ -174,6 +174,8 @@ SPECTACULAR_SETTINGS = {
         "ListingStatusEnum": "marketplace.models.Listing.Status",
         "OrderStatusEnum": "marketplace.models.Order.Status",
         "AllocationStatusEnum": "marketplace.models.Allocation.Status",
+        "InvoiceKindEnum": "billing.models.Invoice.Kind",
+        "ChargeKindEnum": "billing.models.Charge.Kind",
     },
 }
 

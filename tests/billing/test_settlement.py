@@ -258,3 +258,19 @@ def test_an_expired_allocation_hold_is_settled_not_just_voided(supplier_client, 
     assert hold.status == "posted" and hold.posted_amount == Decimal("2")  # the usage was charged first
     assert balance(buyer_client.organisation.pk, "buyer_held") == 0
     assert_books_balance()
+
+
+def test_a_rejected_review_returns_the_hold(buyer_client, settings):
+    from matching.models import MatchReview, ReviewPolicy
+
+    ReviewPolicy.objects.create(value_threshold=Decimal("10"))  # every match is flagged
+    make_listing(NodeFactory(), ask="9")
+    post_order(buyer_client)
+    matching.round_run(bucket="*:*")
+    review = MatchReview.objects.get()
+    assert Hold.objects.get(allocation=review.allocation).status == "pending"  # funds are held during review
+    admin = get_user_model().objects.create_user(username="ops", password="x", is_staff=True)
+    matching.review_reject(review_id=review.pk, admin_user_id=admin.pk, reason="unknown supplier")
+    assert Hold.objects.get(allocation=review.allocation).status == "voided"
+    assert balance(buyer_client.organisation.pk, "buyer_held") == 0
+    assert_books_balance()
