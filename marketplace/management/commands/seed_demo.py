@@ -1,4 +1,4 @@
-"""A demo admin, one demo supplier (with a node and a listing) and one demo buyer.
+"""A demo admin, one demo supplier (with a node and a listing) and one demo buyer with 10,000 CNY.
 
 Safe to run again: the organisations are reused, and each run issues fresh demo API keys (the old
 ones are revoked, since a stored key can never be shown again).
@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from billing.services import wallet_top_up
 from marketplace import services
 from marketplace.models import ApiKey, Listing, Node, Organisation, Role
 
@@ -41,6 +42,9 @@ class Command(BaseCommand):
             start = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
             services.listing_create(organisation=supplier, node_id=node.pk, cards=8, start=start,
                                     end=start + timedelta(days=2), ask_per_card_hour=Decimal("14.50"))
+
+        # Matches hold the buyer's maximum cost, so the demo buyer starts with money (once).
+        wallet_top_up(organisation_id=buyer.pk, amount=Decimal("10000"), reference="demo-buyer-opening-credit")
 
         ApiKey.objects.filter(organisation__in=[supplier, buyer], name="demo", revoked_at__isnull=True).update(
             revoked_at=timezone.now())
