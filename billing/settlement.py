@@ -11,23 +11,23 @@ its meter, its hold, then every ledger account involved at once, in primary-key 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Max, Min, Q, Sum
+from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
 from config.errors import InvalidTransition, NotFound
-from marketplace.hours import hour_start
+from marketplace.hours import current_hour_index, hour_start
 from marketplace.models import Allocation, Order, Organisation
+from matching.models import FailureImpact, NodeFailure
 
 from .models import Account, AllocationMeter, Charge, Hold, Transfer, UsageEvent
 from .rating import TokenPrices, commission, exact, rate_card_minutes, rate_tokens
-from .services import account_get_or_create, accounts_lock, transfer_post
+from .services import account_get_or_create, accounts_lock, hold_release_locked, transfer_post
 
 ENDED = (Allocation.Status.COMPLETED, Allocation.Status.INTERRUPTED, Allocation.Status.RELEASED)
 SIX = Decimal("0.000001")
@@ -75,8 +75,9 @@ def _meter_advance(meter: AllocationMeter, allocation: Allocation, at: datetime)
     meter.last_heartbeat_at = max(mark, min(at, service_end))
 
 
-def _supplier_allocation_locked(*, organisation: Organisation | None, allocation_id: int) -> tuple[Order, Allocation]:
-    """The allocation and its order, locked in that global order (order first). ``organisation``
+def _meter_locked(*, organisation: Organisation | None,
+                  allocation_id: int) -> tuple[Order, Allocation, AllocationMeter]:
+    """The order, allocation and meter, locked in the global order (order first). ``organisation``
     scopes the call to the allocation's supplier; None is the platform itself."""
     allocation = Allocation.objects.filter(pk=allocation_id).first()
     if allocation is None or (organisation is not None and allocation.supplier_id != organisation.pk):
@@ -84,7 +85,9 @@ def _supplier_allocation_locked(*, organisation: Organisation | None, allocation
     if allocation is None:
         raise NotFound("No such allocation.")
     order = Order.objects.select_for_update().get(pk=allocation.order_id)
-    return order, Allocation.objects.select_for_update().get(pk=allocation_id)
+    allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
+    meter, _ = AllocationMeter.objects.select_for_update().get_or_create(allocation=allocation)
+    return order, allocation, meter
 
 
 def allocation_start(*, organisation: Organisation, allocation_id: int, now: datetime | None = None) -> AllocationMeter:
@@ -92,8 +95,7 @@ def allocation_start(*, organisation: Organisation, allocation_id: int, now: dat
     allocation, if the supplier is early). Locks order, then allocation. Starting twice is a no-op."""
     now = now or timezone.now()
     with transaction.atomic():
-        order, allocation = _supplier_allocation_locked(organisation=organisation, allocation_id=allocation_id)
-        meter, _ = AllocationMeter.objects.select_for_update().get_or_create(allocation=allocation)
+        order, allocation, meter = _meter_locked(organisation=organisation, allocation_id=allocation_id)
         if allocation.status == Allocation.Status.RUNNING:
             return meter
         start, end = service_window(allocation)
@@ -134,13 +136,12 @@ def allocation_stop(*, organisation: Organisation | None, allocation_id: int, no
     """The work ended (the supplier says so, or the allocation's hours ran out): the allocation
     and its order complete, unused whole hours go back on sale, and the allocation is settled
     and its hold closed in the same transaction. Stopping twice is a no-op."""
-    from marketplace.hours import current_hour_index
+    # marketplace.services imports this module; importing it back here, at call time, avoids the cycle
     from marketplace.services import _allocation_release_unused_locked
 
     now = now or timezone.now()
     with transaction.atomic():
-        order, allocation = _supplier_allocation_locked(organisation=organisation, allocation_id=allocation_id)
-        meter, _ = AllocationMeter.objects.select_for_update().get_or_create(allocation=allocation)
+        order, allocation, meter = _meter_locked(organisation=organisation, allocation_id=allocation_id)
         if allocation.status == Allocation.Status.COMPLETED:
             return meter
         if allocation.status not in (Allocation.Status.RUNNING, Allocation.Status.CONFIRMED):
@@ -165,8 +166,6 @@ def allocations_close_due(*, now: datetime | None = None) -> int:
     a confirmed one its supplier never started is completed with nothing to charge; tokens: at
     the listing's end). Idempotent; returns how many it closed."""
     now = now or timezone.now()
-    from marketplace.hours import current_hour_index
-
     due = (Allocation.objects.filter(status__in=(Allocation.Status.CONFIRMED, Allocation.Status.RUNNING),
                                      end_hour__lte=current_hour_index(now))
            .order_by("pk").values_list("pk", flat=True))
@@ -214,8 +213,6 @@ def allocation_settle(*, allocation_id: int, now: datetime | None = None, final:
         else:
             _settle_tokens(allocation, hold, accounts, buyer_id, outcome)
         if hold is not None and hold.status == Hold.Status.PENDING and (final or allocation.status in ENDED):
-            from .services import hold_release_locked
-
             hold_release_locked(hold=hold)
             outcome.closed = True
         return outcome
@@ -348,8 +345,6 @@ def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Char
     was never charged for the hour of the failure or after it (the service window ends there).
     A buyer whose work had started also gets a service credit: ``SERVICE_CREDIT_RATE`` of the lost
     card-hours' value, paid by the platform. The supplier's reliability is recomputed."""
-    from matching.models import FailureImpact, NodeFailure
-
     failure = NodeFailure.objects.select_related("node").get(pk=failure_id)
     credits = []
     rate = Decimal(settings.SANDUISAN["SERVICE_CREDIT_RATE"])
@@ -383,8 +378,6 @@ def supplier_reliability_refresh(*, organisation_id: int) -> Decimal:
     """Reliability = share of committed card-hours delivered, smoothed by a prior of fully
     delivered card-hours (``RELIABILITY_PRIOR_CARD_HOURS``) so one early failure does not sink
     a new supplier: (delivered + prior) / (delivered + lost + prior), rounded down to 0.001."""
-    from matching.models import FailureImpact
-
     prior = Decimal(settings.SANDUISAN["RELIABILITY_PRIOR_CARD_HOURS"])
     sold = Allocation.objects.filter(supplier_id=organisation_id, kind=Order.Kind.CARD_HOURS)
     delivered = Decimal(0)

@@ -19,7 +19,7 @@ from django.utils import timezone
 from config.errors import InvalidTransition, NotFound, Unavailable, ValidationFailed
 from marketplace.demand import order_region_rule, region_info
 from marketplace.hours import current_hour_index, hour_index, hour_start
-from marketplace.models import (Allocation, AllocationPart, Listing, ListingHour, Node, Order, Organisation,
+from marketplace.models import (Allocation, AllocationPart, Listing, Node, Order, Organisation,
                                 Region)
 from marketplace.services import _allocation_release_locked
 

@@ -15,7 +15,7 @@ from billing.models import Charge, Hold, Invoice, InvoiceLine
 from marketplace.models import Allocation, ListingHour, Order, Organisation
 from matching import services as matching
 
-from tests.factories import NodeFactory, OrganisationFactory, make_listing
+from tests.factories import NodeFactory, make_listing
 from tests.marketplace.helpers import assert_error
 from tests.matching.helpers import post_order
 
