@@ -183,10 +183,12 @@ def charge_refund(*, charge_id: int, amount: Decimal, reason: str, reference: st
         charge = Charge.objects.select_for_update().filter(pk=charge_id).first()
         if charge is None or charge.kind in (Charge.Kind.REFUND, Charge.Kind.SERVICE_CREDIT) or charge.amount <= 0:
             raise NotFound("No such refundable charge.")
-        done = Charge.objects.filter(kind=Charge.Kind.REFUND, memo__startswith=f"refund of charge {charge.pk}:",
-                                     transfer__idempotency_id=f"refund:{reference}").first()
+        done = Charge.objects.filter(kind=Charge.Kind.REFUND, transfer__idempotency_id=f"refund:{reference}").first()
         if done is not None:
-            return done
+            if done.memo.startswith(f"refund of charge {charge.pk}:") and done.amount == -amount:
+                return done  # a retried request
+            raise Conflict("This refund reference was already used for another refund.",
+                           fields={"reference": ["Already used."]}, code="idempotency_conflict")
         refunded = -(Charge.objects.filter(kind=Charge.Kind.REFUND, memo__startswith=f"refund of charge {charge.pk}:")
                      .aggregate(s=Sum("amount"))["s"] or Decimal(0))
         if amount > charge.amount - refunded:

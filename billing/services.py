@@ -5,6 +5,7 @@ idempotency id is unique, so a replay returns the first transfer instead of post
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from config.errors import Conflict, ValidationFailed
+from config.errors import ApplicationError, Conflict, ValidationFailed
 from marketplace.hours import hour_start
 
 from .models import Account, Entry, Hold, Transfer
 from .rating import TokenPrices, commission, exact, max_cost_card_hours, max_cost_tokens
 
+logger = logging.getLogger(__name__)
 BUYER_KINDS = (Account.Kind.BUYER_WALLET, Account.Kind.BUYER_HELD)
 # Money enters through EXTERNAL, credits are granted from PLATFORM_CREDITS, and sub-fen remainders
 # flow both ways through PLATFORM_ROUNDING: these may go below zero; every other account may not.
@@ -324,4 +326,8 @@ def holds_expire(*, now=None) -> int:
             closed += 1
         except Conflict:
             continue  # settled meanwhile
+        except ApplicationError:
+            # One hold that cannot close must not keep every other expired hold open.
+            logger.exception("hold %s could not be closed on expiry", pk)
+            continue
     return closed

@@ -304,6 +304,10 @@ def _settle_tokens(allocation: Allocation, hold: Hold | None, accounts, buyer_id
              (Charge.Kind.INPUT_MISS, sums["miss"], prices.input_miss_per_m, charge.input_miss),
              (Charge.Kind.OUTPUT, sums["out"], prices.output_per_m, charge.output)]
     fees = {kind: commission(amount=amount, rate=commission_rate()) for kind, _, _, amount in parts}
+    if charge.total == 0:  # events with no tokens: settled, with nothing to charge or book
+        outcome.events += chosen.update(settled=True)
+        outcome.unfunded_events = summary["n"] - sums["n"]
+        return
     transfer, _ = _post_charge(idempotency_id=f"settle:allocation:{allocation.pk}:events-to:{last}", hold=hold,
                                accounts=accounts, amount=charge.total, fee=sum(fees.values()),
                                memo=f"allocation {allocation.pk}: {sums['n']} usage events")
