@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.e2e import _setup_django
+from bench.e2e import BENCH_DB
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1000
@@ -61,9 +61,28 @@ def wsgi_app():
 
 # --- setup (not timed) ------------------------------------------------------------------------------
 
+def _setup_django(database: str) -> None:
+    """As ``bench.e2e._setup_django``, for a database of any name (``--database``)."""
+    base = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/").rstrip("/")
+    os.environ["DATABASE_URL"] = f"{base}/{database}"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    import psycopg
+
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            conn.execute(f'CREATE DATABASE "{database}"')
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
 def _market() -> tuple[int, str, int, int]:
     """A supplier with a token endpoint, a buyer's token order matched to it. Returns
     (supplier id, supplier API key, allocation id, buyer id)."""
+    from django.apps import apps
     from django.db import connection
     from django.utils import timezone
     from rest_framework.test import APIClient
@@ -73,7 +92,8 @@ def _market() -> tuple[int, str, int, int]:
     from matching.services import round_run
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE marketplace_organisation, matching_matchround RESTART IDENTITY CASCADE")
+        billing = ", ".join(m._meta.db_table for m in apps.get_app_config("billing").get_models())
+        cursor.execute(f"TRUNCATE marketplace_organisation, matching_matchround, {billing} RESTART IDENTITY CASCADE")
     supplier = market.organisation_create(name="bench supplier", slug="bench-supplier", is_supplier=True)
     buyer = market.organisation_create(name="bench buyer", slug="bench-buyer", is_buyer=True,
                                        home_region_code="CN-SH")
@@ -266,8 +286,8 @@ def _settle(url: str, organisation_id: int, allocation_id: int, buyer_id: int) -
 
 # --- main -------------------------------------------------------------------------------------------
 
-def run(*, events: int, workers: int, clients: int) -> dict:
-    _setup_django()
+def run(*, events: int, workers: int, clients: int, database: str = BENCH_DB) -> dict:
+    _setup_django(database)
     url = os.environ["DATABASE_URL"]
     from django.db import connection
 
@@ -334,9 +354,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
     parser.add_argument("--clients", type=int, default=4, help="client threads")
+    parser.add_argument("--database", default=BENCH_DB, help="emptied each run (default %(default)s)")
     args = parser.parse_args()
     events = args.events or (20_000 if args.quick else 200_000)
-    print(json.dumps(run(events=events, workers=args.workers, clients=args.clients)))
+    print(json.dumps(run(events=events, workers=args.workers, clients=args.clients, database=args.database)))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
-"""Billing HTTP API: a buyer's wallet; admin credit of wallets."""
+"""Billing HTTP API: a buyer's wallet; admin credit of wallets; token usage events."""
 from decimal import Decimal
 
+import orjson
+from django.http import HttpResponse, QueryDict
+from django.utils.http import parse_header_parameters
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
-from config.errors import NotFound
+from config.errors import Conflict, NotFound, ValidationFailed
 from marketplace.actors import actor_for_request
 from marketplace.models import Organisation
 from marketplace.permissions import IsPlatformAdmin
 
 from . import selectors, services
+from .metering import usage_batch_parse, usage_event_parse, usage_record_batch
 
 WalletOutput = inline_serializer("Wallet", {"currency": serializers.CharField(),
                                             "available": serializers.DecimalField(30, 12),
@@ -48,65 +52,78 @@ class AdminTopUpApi(APIView):
                         status=status.HTTP_201_CREATED)
 
 
+# Documents the request only: billing.metering.usage_event_parse validates it, by hand, with
+# these fields' messages.
 class UsageEventInput(serializers.Serializer):
+    """One token usage event."""
+
     event_id = serializers.CharField(max_length=200)
     allocation = serializers.IntegerField(min_value=1)
-    occurred_at = serializers.DateTimeField()
+    occurred_at = serializers.DateTimeField(help_text="With a time zone (an offset or Z).")
     input_hit_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
     input_miss_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
     output_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
-
-    @staticmethod
-    def to_usage(data: dict):
-        from .metering import UsageIn
-
-        return UsageIn(event_id=data["event_id"], allocation_id=data["allocation"], occurred_at=data["occurred_at"],
-                       input_hit_tokens=data["input_hit_tokens"], input_miss_tokens=data["input_miss_tokens"],
-                       output_tokens=data["output_tokens"])
 
 
 class UsageEventApi(APIView):
     """One token usage event from the supplier serving the allocation. 201 new, 200 replay (the
     original result), 409 same id with a different payload, 400 refused."""
 
+    @staticmethod
+    def json_body(request):
+        """The decoded body: orjson for UTF-8 JSON; otherwise (or if orjson refuses it) DRF's
+        parsers, so malformed JSON and other media types answer as everywhere else."""
+        media_type, params = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+        if media_type == "application/json" and params.get("charset", "utf-8").lower() in ("utf-8", "utf8"):
+            body = request.body
+            if body:
+                try:
+                    return orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    pass  # DRF's parser says why
+        data = request.data
+        return data.dict() if isinstance(data, QueryDict) else data
+
+    @staticmethod
+    def json_response(request, data, status_code: int):
+        """orjson when the client takes JSON (as it almost always does); DRF's renderers otherwise."""
+        renderer = getattr(request, "accepted_renderer", None)
+        if renderer is not None and renderer.format == "json":
+            return HttpResponse(orjson.dumps(data), status=status_code, content_type="application/json")
+        return Response(data, status=status_code)
+
     @extend_schema(request=UsageEventInput, responses={201: inline_serializer(
         "UsageResult", {"event_id": serializers.CharField(), "status": serializers.CharField(),
                         "amount": serializers.CharField()})})
     def post(self, request):
-        from config.errors import Conflict, ValidationFailed
-
-        from .metering import usage_record_batch
-
         actor = actor_for_request(request)
         actor.require_write()
-        data = UsageEventInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        [result] = usage_record_batch(organisation_id=actor.require_organisation().pk,
-                                      events=[UsageEventInput.to_usage(data.validated_data)])
+        event = usage_event_parse(self.json_body(request))
+        [result] = usage_record_batch(organisation_id=actor.require_organisation().pk, events=[event])
         if result["status"] == "conflict":
             raise Conflict("This event id was already used with a different payload.", fields=result["error"],
                            code="idempotency_conflict")
         if result["status"] == "rejected":
             raise ValidationFailed("Usage event refused.", fields=result["error"])
-        return Response(result, status=status.HTTP_201_CREATED if result["status"] == "created" else status.HTTP_200_OK)
+        return self.json_response(request, result, status.HTTP_201_CREATED if result["status"] == "created"
+                                  else status.HTTP_200_OK)
 
 
 class UsageEventBatchApi(APIView):
     """Up to 1,000 events; one result per event, in order."""
 
+    # Documents the request only: billing.metering.usage_batch_parse validates it.
     class BatchInput(serializers.Serializer):
         events = UsageEventInput(many=True, allow_empty=False, max_length=1000)
 
     @extend_schema(request=BatchInput, responses={200: inline_serializer(
         "UsageBatchResult", {"results": serializers.JSONField(), "counts": serializers.JSONField()})})
     def post(self, request):
-        from .metering import usage_record_batch
-
         actor = actor_for_request(request)
         actor.require_write()
-        data = self.BatchInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        results = usage_record_batch(organisation_id=actor.require_organisation().pk,
-                                     events=[UsageEventInput.to_usage(e) for e in data.validated_data["events"]])
-        counts = {s: sum(r["status"] == s for r in results) for s in ("created", "replayed", "conflict", "rejected")}
-        return Response({"results": results, "counts": counts})
+        events = usage_batch_parse(UsageEventApi.json_body(request))
+        results = usage_record_batch(organisation_id=actor.require_organisation().pk, events=events)
+        counts = {"created": 0, "replayed": 0, "conflict": 0, "rejected": 0}
+        for result in results:
+            counts[result["status"]] += 1
+        return UsageEventApi.json_response(request, {"results": results, "counts": counts}, status.HTTP_200_OK)
