@@ -13,15 +13,16 @@ import numpy as np
 BENCH_DB = "sanduisan_bench"
 
 
-def _setup_django() -> None:
+def setup_django(database: str = BENCH_DB) -> None:
+    """Point Django at the bench's own database on the local PostgreSQL, creating and migrating it."""
     base = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/").rstrip("/")
-    os.environ["DATABASE_URL"] = f"{base}/{BENCH_DB}"
+    os.environ["DATABASE_URL"] = f"{base}/{database}"
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
     import psycopg
 
     with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
-            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            conn.execute(f'CREATE DATABASE "{database}"')
     import django
 
     django.setup()
@@ -108,7 +109,7 @@ def _load(supply, demand, meta, h0: int) -> None:
 
 
 def run_e2e(*, n_orders: int, n_nodes: int) -> dict:
-    _setup_django()
+    setup_django()
     from django.db.models import F, Sum
     from django.utils import timezone
 

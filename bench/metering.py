@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.e2e import BENCH_DB
+from bench.e2e import BENCH_DB, setup_django
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1000
@@ -60,24 +60,6 @@ def wsgi_app():
 
 
 # --- setup (not timed) ------------------------------------------------------------------------------
-
-def _setup_django(database: str) -> None:
-    """As ``bench.e2e._setup_django``, for a database of any name (``--database``)."""
-    base = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/").rstrip("/")
-    os.environ["DATABASE_URL"] = f"{base}/{database}"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
-    import psycopg
-
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
-            conn.execute(f'CREATE DATABASE "{database}"')
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-
 
 def _market() -> tuple[int, str, int, int]:
     """A supplier with a token endpoint, a buyer's token order matched to it. Returns
@@ -287,7 +269,7 @@ def _settle(url: str, organisation_id: int, allocation_id: int, buyer_id: int) -
 # --- main -------------------------------------------------------------------------------------------
 
 def run(*, events: int, workers: int, clients: int, database: str = BENCH_DB) -> dict:
-    _setup_django(database)
+    setup_django(database)
     url = os.environ["DATABASE_URL"]
     from django.db import connection
 

@@ -7,6 +7,8 @@ from marketplace.models import AIModel, ChipType, Region, Role
 
 from .factories import OrganisationFactory
 
+pytest_plugins = ["tests.workers"]  # fixtures: real Celery workers (``queue``, ``workers``)
+
 
 @pytest.fixture(autouse=True)
 def catalogues(request):

@@ -2,6 +2,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.db.models import Sum
+from django.utils import timezone
 
 from billing.models import Account, Entry
 from marketplace import services as market
@@ -56,3 +57,14 @@ def assert_books_balance() -> None:
     for account in Account.objects.all():
         assert account.balance == (account.entries.aggregate(s=Sum("amount"))["s"] or 0), account
         assert account.allow_negative or account.balance >= 0, account
+
+
+OCCURRED = timezone.now().replace(microsecond=0) - timedelta(minutes=1)
+
+
+def usage_event_body(allocation, /, event_id="e-1", **overrides) -> dict:
+    """A usage event as a supplier posts it: 3M input on cache hit, 7M on miss, 2.5M output."""
+    body = {"event_id": event_id, "allocation": allocation.pk, "occurred_at": OCCURRED.isoformat(),
+            "input_hit_tokens": 3_000_000, "input_miss_tokens": 7_000_000, "output_tokens": 2_500_000}
+    body.update(overrides)
+    return body

@@ -11,14 +11,14 @@ from billing.models import Charge, Hold, UsageEvent
 from billing.tasks import allocations_close_due, settle_allocation, settle_due
 
 from tests.factories import OrganisationFactory
-from tests.matching.test_celery_integration import queue, wait_for, workers  # noqa: F401 (fixtures)
+from tests.workers import wait_for
 
 from .helpers import assert_books_balance, token_allocation
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def test_duplicated_settlement_tasks_on_two_workers_charge_each_event_once(workers, queue, client_for):  # noqa: F811
+def test_duplicated_settlement_tasks_on_two_workers_charge_each_event_once(workers, queue, client_for):
     # given token usage waiting to be settled
     supplier = OrganisationFactory(is_supplier=True, is_buyer=False)
     tokens = token_allocation(supplier, client_for(is_supplier=False, is_buyer=True))

@@ -10,6 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from billing import invoicing, settlement
+from config.errors import InvalidTransition
 from billing.metering import UsageIn, usage_record_batch
 from billing.models import Charge, Hold, Invoice, InvoiceLine
 from marketplace.models import Allocation, ListingHour, Order, Organisation
@@ -65,8 +66,10 @@ def test_cancelling_a_matched_order_returns_its_hold(buyer_client):
 def test_meter_bills_per_minute_within_the_allocation_only(supplier_client, buyer_client):
     supplier = supplier_client.organisation
     allocation = card_hour_allocation(supplier, buyer_client, cards=2, hours=2, bid="12", ask="12")
-    # Starting before the allocation's hours is refused; at its start it runs.
-    assert_error(supplier_client.post(f"/api/v1/allocations/{allocation.pk}/start"), 409)
+    # Starting well before the allocation's hours is refused; at its start it runs.
+    with pytest.raises(InvalidTransition):
+        settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk,
+                                    now=minutes_into(allocation, -30))
     settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0.5))
     assert Allocation.objects.get(pk=allocation.pk).status == "running"
     assert Order.objects.get(pk=allocation.order_id).status == "running"

@@ -13,41 +13,15 @@ from billing.metering import UsageIn, usage_event_parse
 from billing.models import UsageEvent
 from config.api.errors import flatten_errors
 from config.errors import ValidationFailed
-from marketplace import services as market
 from marketplace.models import Allocation, Role
-from matching import services as matching
 
-from tests.factories import NodeFactory, make_listing
-from tests.marketplace.helpers import assert_error, tokens_body
+from tests.marketplace.helpers import assert_error
+
+from .helpers import OCCURRED, usage_event_body as _event
 
 BATCH = "/api/v1/usage-events/batch"
 SINGLE = "/api/v1/usage-events"
 
-
-@pytest.fixture
-def token_allocation(supplier_client, buyer_client):
-    node = NodeFactory(organisation=supplier_client.organisation)
-    make_listing(node, token_endpoint=market.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"), Decimal("8")))
-    assert buyer_client.post("/api/v1/orders", tokens_body(), format="json").status_code == 201
-    matching.round_run(bucket="tokens")
-    allocation = Allocation.objects.filter(kind="tokens").first()
-    if allocation is None:  # token orders may need a funded wallet
-        from billing.services import wallet_top_up
-
-        wallet_top_up(organisation_id=buyer_client.organisation.pk, amount=Decimal("1000000"), reference="test")
-        matching.round_run(bucket="tokens")
-        allocation = Allocation.objects.get(kind="tokens")
-    return allocation
-
-
-OCCURRED = timezone.now().replace(microsecond=0) - timedelta(minutes=1)
-
-
-def _event(alloc, event_id="e-1", **overrides):
-    body = {"event_id": event_id, "allocation": alloc.pk, "occurred_at": OCCURRED.isoformat(),
-            "input_hit_tokens": 3_000_000, "input_miss_tokens": 7_000_000, "output_tokens": 2_500_000}
-    body.update(overrides)
-    return body
 
 
 def _batch(client, events):

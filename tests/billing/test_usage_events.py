@@ -6,33 +6,12 @@ import pytest
 from django.utils import timezone
 
 from billing.models import UsageEvent
-from marketplace import services as market
-from matching import services as matching
 
 from tests.concurrency import race
-from tests.factories import NodeFactory, make_listing
-from tests.marketplace.helpers import assert_error, tokens_body
+from tests.marketplace.helpers import assert_error
 
+from .helpers import usage_event_body as _event
 
-@pytest.fixture
-def token_allocation(supplier_client, buyer_client):
-    node = NodeFactory(organisation=supplier_client.organisation)
-    make_listing(node, token_endpoint=market.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"), Decimal("8")))
-    assert buyer_client.post("/api/v1/orders", tokens_body(), format="json").status_code == 201
-    matching.round_run(bucket="tokens")
-    from marketplace.models import Allocation
-
-    return Allocation.objects.get(kind="tokens")
-
-
-OCCURRED = timezone.now().replace(microsecond=0) - timedelta(minutes=1)
-
-
-def _event(allocation, event_id="e-1", **overrides):
-    body = {"event_id": event_id, "allocation": allocation.pk, "occurred_at": OCCURRED.isoformat(),
-            "input_hit_tokens": 3_000_000, "input_miss_tokens": 7_000_000, "output_tokens": 2_500_000}
-    body.update(overrides)
-    return body
 
 
 @pytest.mark.django_db

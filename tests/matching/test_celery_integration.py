@@ -1,14 +1,8 @@
 """Real Celery workers against the real PostgreSQL and Redis: overlapping rounds never sell a slot
 twice, and a round killed mid-way leaves nothing behind and commits exactly once when redelivered."""
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -20,67 +14,11 @@ from matching.models import MatchRound
 from matching.tasks import run_round
 
 from tests.factories import NodeFactory, OrganisationFactory, make_listing, next_hour
+from tests.workers import wait_for
 
 from .helpers import assert_calendar_consistent, assert_prices_rational
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Worker:
-    def __init__(self, name: str, queue: str, log_dir: Path, **extra_env):
-        db = connection.settings_dict
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "CELERY_TASK_DEFAULT_QUEUE": queue,
-               "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-               "CELERY_VISIBILITY_TIMEOUT": "4", **extra_env}
-        self.log = log_dir / f"{name}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue, "-P", "solo", "-n",
-             f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
-            cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def succeeded(self) -> int:
-        return self.log.read_text().count("succeeded in")
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def wait_for(condition, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def queue():
-    return f"sanduisan-test-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def workers(tmp_path, queue):
-    started: list[Worker] = []
-
-    def start(name: str, **env) -> Worker:
-        worker = Worker(name, queue, tmp_path, **env)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def _market(n_orders: int = 48):
