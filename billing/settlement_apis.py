@@ -1,8 +1,10 @@
 """Billing HTTP API after the match: card-hour meters (supplier), invoices and statements
 (their owners), payouts and refunds (platform admins). Thin views over billing services."""
+from datetime import timedelta
 from decimal import Decimal
 
 from django.shortcuts import render
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
@@ -15,6 +17,7 @@ from marketplace.models import Organisation
 from marketplace.permissions import IsPlatformAdmin
 
 from . import invoicing, selectors, settlement
+from .figures import buyer_figures, supplier_figures
 from .models import Charge, Invoice, InvoiceLine
 
 MeterOutput = inline_serializer("AllocationMeter", {
@@ -191,3 +194,36 @@ class ChargeListApi(generics.ListAPIView):
 
     def get_serializer_context(self):
         return {**super().get_serializer_context(), "organisation": actor_for_request(self.request).organisation}
+
+
+class FiguresApi(APIView):
+    """Your own figures over a period (default: the last 30 days). ``side`` is bound per URL:
+    ``supplier`` (racked vs lit card-hours, earnings, reliability) or ``buyer`` (spend, open
+    orders and why they wait)."""
+
+    side = None
+
+    class PeriodInput(serializers.Serializer):
+        start = serializers.DateTimeField(required=False)
+        end = serializers.DateTimeField(required=False)
+
+        def validate(self, data):
+            end = data.get("end") or timezone.now()
+            start = data.get("start") or end - timedelta(days=30)
+            if start >= end:
+                raise serializers.ValidationError({"start": ["Must be before end."]})
+            return {"start": start, "end": end}
+
+    @extend_schema(parameters=[PeriodInput], responses={200: inline_serializer(
+        "Figures", {"period": serializers.JSONField(), "card_hours": serializers.JSONField(required=False),
+                    "earnings": serializers.JSONField(required=False), "spend": serializers.JSONField(required=False),
+                    "orders": serializers.JSONField(required=False)})})
+    def get(self, request):
+        actor = actor_for_request(request)
+        period = self.PeriodInput(data=request.query_params)
+        period.is_valid(raise_exception=True)
+        if self.side == "supplier":
+            figures = supplier_figures(organisation=actor.require_supplier(), **period.validated_data)
+        else:
+            figures = buyer_figures(organisation=actor.require_buyer(), **period.validated_data)
+        return Response(jsonable(figures))

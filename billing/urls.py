@@ -15,6 +15,8 @@ urlpatterns += [
     *[path(f"allocations/<int:allocation_id>/{action}", settlement_apis.AllocationMeterActionApi.as_view(action=action),
            name=f"allocation-{action}") for action in settlement_apis.AllocationMeterActionApi.ACTIONS],
     path("charges", settlement_apis.ChargeListApi.as_view(), name="charges"),
+    path("figures/supplier", settlement_apis.FiguresApi.as_view(side="supplier"), name="figures-supplier"),
+    path("figures/buyer", settlement_apis.FiguresApi.as_view(side="buyer"), name="figures-buyer"),
     path("invoices", settlement_apis.InvoiceListIssueApi.as_view(), name="invoices"),
     path("invoices/<int:invoice_id>", settlement_apis.InvoiceDetailApi.as_view(), name="invoice-detail"),
     path("invoices/<int:invoice_id>/document", settlement_apis.InvoiceDocumentApi.as_view(), name="invoice-document"),
