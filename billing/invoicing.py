@@ -27,6 +27,7 @@ from marketplace.models import ListingHour, Organisation
 from .models import Account, Charge, Invoice, InvoiceLine, Transfer
 from .rating import exact, to_fen
 from .services import account_get_or_create, accounts_lock, transfer_post
+from .settlement import sweep_item
 
 KIND_LABEL = {Charge.Kind.CARD_HOURS: "card-hours", Charge.Kind.INPUT_HIT: "input tokens (cache hit)",
               Charge.Kind.INPUT_MISS: "input tokens (cache miss)", Charge.Kind.OUTPUT: "output tokens",
@@ -71,6 +72,7 @@ def invoice_issue(*, organisation_id: int, kind: str = Invoice.Kind.INVOICE, per
         else:
             charges = Charge.objects.filter(supplier_id=organisation_id, statement__isnull=True)
         charges = list(charges.filter(usage_to__lte=period_end).select_for_update().order_by("pk"))
+        _key_share_orders([c.order_id for c in charges])
         # Usage that ended inside an already issued period arrived late: an adjustment.
         lines = _lines(charges, late_before=previous.period_end if previous else None)
         gross = sum((line.amount for line in lines), Decimal(0))
@@ -132,6 +134,20 @@ def _statement_figures(organisation: Organisation, start: datetime, end: datetim
             "reliability": str(organisation.reliability)}
 
 
+def _key_share_orders(order_ids, *, allocation_ids=()) -> None:
+    """Take FOR KEY SHARE on the orders (then allocations) the rows about to be written refer to,
+    in id order, before any ledger account is locked. Their foreign keys are checked at commit,
+    and that check must not queue behind a settlement that holds the order and waits for an
+    account this transaction holds."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM marketplace_order WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE",
+                       [sorted({pk for pk in order_ids if pk})])
+        cursor.execute("SELECT id FROM marketplace_allocation WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE",
+                       [sorted({pk for pk in allocation_ids if pk})])
+
+
 def invoices_issue_monthly(*, now: datetime | None = None) -> int:
     """Issue last month's invoices and statements (period end: the first of this month, UTC) for
     every organisation with charges not yet on one. Idempotent; returns how many it issued."""
@@ -144,8 +160,12 @@ def invoices_issue_monthly(*, now: datetime | None = None) -> int:
         statement__isnull=True, supplier__isnull=False, usage_to__lte=month_start)
         .values_list("supplier_id", flat=True).distinct()]
     for organisation_id, kind in sorted(set(work)):
-        invoice_issue(organisation_id=organisation_id, kind=kind, period_end=month_start, now=now)
-        issued += 1
+        previous = Invoice.objects.filter(organisation_id=organisation_id, kind=kind).order_by("-period_end").first()
+        if previous is not None and previous.period_end >= month_start:
+            continue  # issued on demand since the month began: these charges go on the next one
+        with sweep_item("issue the monthly document of organisation", organisation_id):
+            invoice_issue(organisation_id=organisation_id, kind=kind, period_end=month_start, now=now)
+            issued += 1
     return issued
 
 
@@ -162,6 +182,9 @@ def payout_create(*, organisation_id: int, reference: str) -> Transfer:
         external = account_get_or_create(organisation_id=None, kind=Account.Kind.EXTERNAL)
         rounding_account = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_ROUNDING)
         owed = accounts_lock(account_ids=[payable.pk, external.pk, rounding_account.pk])[payable.pk].balance
+        existing = Transfer.objects.filter(idempotency_id=f"payout:{reference}").first()
+        if existing is not None:  # a concurrent retry got there first, while this one waited
+            return existing
         paid, remainder = to_fen(owed)
         if paid <= 0:
             raise Conflict("Nothing to pay out: less than one fen is owed.", code="nothing_to_pay")
@@ -194,6 +217,7 @@ def charge_refund(*, charge_id: int, amount: Decimal, reason: str, reference: st
         if amount > charge.amount - refunded:
             raise ValidationFailed.on("amount", f"At most {charge.amount - refunded} is left to refund.")
         fee = exact(amount * charge.commission / charge.amount)
+        _key_share_orders([charge.order_id], allocation_ids=[charge.allocation_id])
         wallet = account_get_or_create(organisation_id=charge.buyer_id, kind=Account.Kind.BUYER_WALLET)
         payable = account_get_or_create(organisation_id=charge.supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE)
         platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION)

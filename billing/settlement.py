@@ -11,16 +11,18 @@ its meter, its hold, then every ledger account involved at once, in primary-key 
 """
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
-from config.errors import InvalidTransition, NotFound
+from config.errors import ApplicationError, InvalidTransition, NotFound
 from marketplace.hours import current_hour_index, hour_start
 from marketplace.models import Allocation, Order, Organisation
 from matching.models import FailureImpact, NodeFailure
@@ -29,8 +31,19 @@ from .models import Account, AllocationMeter, Charge, Hold, Transfer, UsageEvent
 from .rating import TokenPrices, commission, exact, rate_card_minutes, rate_tokens
 from .services import account_get_or_create, accounts_lock, hold_release_locked, transfer_post
 
+logger = logging.getLogger(__name__)
 ENDED = (Allocation.Status.COMPLETED, Allocation.Status.INTERRUPTED, Allocation.Status.RELEASED)
 SIX = Decimal("0.000001")
+
+
+@contextmanager
+def sweep_item(what: str, pk: int):
+    """One item of a periodic sweep: its failure is logged and the sweep goes on (the next run
+    tries it again), so one bad allocation cannot stall every other."""
+    try:
+        yield
+    except (ApplicationError, DatabaseError):
+        logger.exception("%s %s failed; left for the next run", what, pk)
 
 
 def commission_rate() -> Decimal:
@@ -147,6 +160,13 @@ def allocation_stop(*, organisation: Organisation | None, allocation_id: int, no
         if allocation.status not in (Allocation.Status.RUNNING, Allocation.Status.CONFIRMED):
             raise InvalidTransition(f"An allocation that is {allocation.status} cannot be stopped.",
                                     fields={"status": [f"Cannot stop from {allocation.status}."]})
+        if allocation.kind == Order.Kind.CARD_HOURS and meter.started_at is None:
+            if organisation is not None:
+                # A supplier cannot walk away from a sale by stopping it before it starts: an
+                # allocation never started counts as not delivered when its hours run out.
+                raise InvalidTransition("The allocation has not started; it cannot be stopped.",
+                                        fields={"status": ["Not started."]})
+            return _no_show_locked(order, allocation, meter, now)
         if meter.started_at is not None and meter.stopped_at is None:
             _meter_advance(meter, allocation, now)
             meter.stopped_at = max(meter.started_at, min(now, service_window(allocation)[1]))
@@ -161,18 +181,41 @@ def allocation_stop(*, organisation: Organisation | None, allocation_id: int, no
         return meter
 
 
+def _no_show_locked(order: Order, allocation: Allocation, meter: AllocationMeter, now: datetime) -> AllocationMeter:
+    """The allocation's hours ran out and its supplier never started it: nothing is charged, the
+    hold returns, the order goes back to the book (it expires if its window has closed), and the
+    supplier's reliability counts every card-hour as not delivered."""
+    allocation.status = Allocation.Status.INTERRUPTED
+    allocation.delivered_end_hour = allocation.start_hour
+    allocation.save(update_fields=["status", "delivered_end_hour", "updated_at"])
+    if not order.allocations.filter(status__in=Allocation.ACTIVE).exists():
+        next_start = max(order.earliest_start, hour_start(current_hour_index(now) + 1))
+        if next_start + timedelta(hours=order.duration_hours) <= order.latest_end:
+            order.status, order.earliest_start = Order.Status.OPEN, next_start
+            order.status_reason = "the supplier never started the work; re-matching"
+            order.rematch_count += 1
+        else:
+            order.status = Order.Status.EXPIRED
+            order.status_reason = "the supplier never started the work and the window has closed"
+        order.save(update_fields=["status", "rematch_count", "status_reason", "earliest_start", "updated_at"])
+    allocation_settle(allocation_id=allocation.pk, now=now, final=True)
+    supplier_reliability_refresh(organisation_id=allocation.supplier_id)
+    return meter
+
+
 def allocations_close_due(*, now: datetime | None = None) -> int:
-    """Complete every live allocation whose hours have run out (card-hours: stopped at their end;
-    a confirmed one its supplier never started is completed with nothing to charge; tokens: at
-    the listing's end). Idempotent; returns how many it closed."""
+    """Close every live allocation whose hours have run out: card-hours stopped at their end (one
+    its supplier never started is a no-show, see ``_no_show_locked``); tokens at the listing's
+    end. Idempotent; one that fails is logged and left for the next run. Returns how many closed."""
     now = now or timezone.now()
     due = (Allocation.objects.filter(status__in=(Allocation.Status.CONFIRMED, Allocation.Status.RUNNING),
                                      end_hour__lte=current_hour_index(now))
            .order_by("pk").values_list("pk", flat=True))
     closed = 0
     for pk in due:
-        allocation_stop(organisation=None, allocation_id=pk, now=now)
-        closed += 1
+        with sweep_item("close allocation", pk):
+            allocation_stop(organisation=None, allocation_id=pk, now=now)
+            closed += 1
     return closed
 
 
@@ -251,7 +294,11 @@ def _settle_card_hours(allocation: Allocation, hold: Hold | None, accounts, buye
     if meter is None or meter.started_at is None:
         return
     minutes = metered_seconds(meter=meter, allocation=allocation, now=now) // 60
-    if minutes <= meter.billed_minutes:
+    if minutes < meter.billed_minutes:
+        # A failure cut the service window below what an earlier sweep already charged.
+        _reverse_card_minutes(allocation, meter, hold, accounts, buyer_id, minutes, outcome)
+        return
+    if minutes == meter.billed_minutes:
         return
     total = rate_card_minutes(price_per_card_hour=allocation.price_per_card_hour, cards=allocation.cards,
                               minutes=minutes)
@@ -270,6 +317,42 @@ def _settle_card_hours(allocation: Allocation, hold: Hold | None, accounts, buye
     meter.billed_minutes, meter.billed_amount = minutes, total
     meter.save(update_fields=["billed_minutes", "billed_amount", "updated_at"])
     outcome.charged += amount
+
+
+def _reverse_card_minutes(allocation: Allocation, meter: AllocationMeter, hold: Hold | None, accounts,
+                          buyer_id: int, minutes: int, outcome: SettleOutcome) -> None:
+    """Give back what was charged for minutes the allocation no longer delivered (its window
+    shrank to the failure): the supplier and the platform return their shares, to the hold if it
+    is still open, else to the wallet. Whatever the supplier's payable no longer holds (it was
+    paid out) the platform fronts from its credits account."""
+    total = rate_card_minutes(price_per_card_hour=allocation.price_per_card_hour, cards=allocation.cards,
+                              minutes=minutes)
+    amount = meter.billed_amount - total
+    fee = commission(amount=amount, rate=commission_rate())
+    from_supplier = min(amount - fee, accounts["payable"].balance)
+    legs = [(accounts["payable"].pk, -from_supplier), (accounts["commission"].pk, -fee)]
+    if from_supplier < amount - fee:
+        credits = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_CREDITS)
+        legs.append((credits.pk, -(amount - fee - from_supplier)))
+    to_hold = hold is not None and hold.status == Hold.Status.PENDING and hold.posted_amount >= amount
+    legs.append((accounts["held" if to_hold else "wallet"].pk, amount))
+    transfer, _ = transfer_post(idempotency_id=f"settle:allocation:{allocation.pk}:reverse-to:{minutes}",
+                                kind="settle_reversal", legs=legs,
+                                memo=f"allocation {allocation.pk}: not delivered after minute {minutes}")
+    if to_hold:
+        hold.posted_amount -= amount
+        hold.save(update_fields=["posted_amount", "updated_at"])
+    end = meter.started_at + timedelta(minutes=meter.billed_minutes)
+    Charge.objects.create(
+        buyer_id=buyer_id, supplier_id=allocation.supplier_id, order_id=allocation.order_id, allocation=allocation,
+        kind=Charge.Kind.CARD_HOURS,
+        quantity=-(Decimal(allocation.cards * (meter.billed_minutes - minutes)) / 60).quantize(SIX),
+        unit_price=allocation.price_per_card_hour, amount=-amount, commission=-fee,
+        usage_from=meter.started_at + timedelta(minutes=minutes), usage_to=end, transfer=transfer,
+        memo="charged earlier, then not delivered: the node failed")
+    meter.billed_minutes, meter.billed_amount = minutes, total
+    meter.save(update_fields=["billed_minutes", "billed_amount", "updated_at"])
+    outcome.charged -= amount
 
 
 def _settle_tokens(allocation: Allocation, hold: Hold | None, accounts, buyer_id: int, outcome: SettleOutcome) -> None:
@@ -337,7 +420,8 @@ def settle_due(*, now: datetime | None = None) -> int:
     ids |= set(Hold.objects.filter(status=Hold.Status.PENDING, allocation__status__in=ENDED)
                .values_list("allocation_id", flat=True))
     for pk in sorted(ids):
-        allocation_settle(allocation_id=pk, now=now)
+        with sweep_item("settle allocation", pk):
+            allocation_settle(allocation_id=pk, now=now)
     return len(ids)
 
 
@@ -357,7 +441,9 @@ def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Char
         allocation_settle(allocation_id=allocation.pk, now=now, final=True)
         value = exact(allocation.price_per_card_hour * impact.cards * impact.hours_lost)
         credit = exact(value * rate)
-        if not impact.started or credit <= 0:
+        # Credited only where the work had really started (by its meter, not the clock).
+        started = AllocationMeter.objects.filter(allocation=allocation, started_at__isnull=False).exists()
+        if not started or credit <= 0:
             continue
         buyer_id = allocation.order.organisation_id
         platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_CREDITS)
@@ -380,17 +466,19 @@ def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Char
 
 def supplier_reliability_refresh(*, organisation_id: int) -> Decimal:
     """Reliability = share of committed card-hours delivered, smoothed by a prior of fully
-    delivered card-hours (``RELIABILITY_PRIOR_CARD_HOURS``) so one early failure does not sink
-    a new supplier: (delivered + prior) / (delivered + lost + prior), rounded down to 0.001."""
+    delivered card-hours (``RELIABILITY_PRIOR_CARD_HOURS``) so one early failure does not sink a
+    new supplier: (delivered + prior) / (delivered + lost + prior), rounded down to 0.001.
+    Delivered card-hours are what the meters billed; lost ones are those a node failure took,
+    plus every card-hour of an allocation the supplier never started (a no-show)."""
     prior = Decimal(settings.SANDUISAN["RELIABILITY_PRIOR_CARD_HOURS"])
     sold = Allocation.objects.filter(supplier_id=organisation_id, kind=Order.Kind.CARD_HOURS)
-    delivered = Decimal(0)
-    for cards, start, end, delivered_end, status in sold.exclude(status=Allocation.Status.RELEASED).values_list(
-            "cards", "start_hour", "end_hour", "delivered_end_hour", "status"):
-        last = delivered_end if status == Allocation.Status.INTERRUPTED and delivered_end is not None else end
-        delivered += cards * max(0, last - start)
+    delivered = sum((Decimal(minutes * cards) / 60 for minutes, cards in AllocationMeter.objects.filter(
+        allocation__in=sold).values_list("billed_minutes", "allocation__cards")), Decimal(0))
     lost = sum((Decimal(i.cards * i.hours_lost) for i in FailureImpact.objects.filter(
         allocation__supplier_id=organisation_id)), Decimal(0))
+    no_shows = sold.filter(status=Allocation.Status.INTERRUPTED, failure_impacts__isnull=True)
+    lost += sum((Decimal(cards * (end - start)) for cards, start, end in no_shows.values_list(
+        "cards", "start_hour", "end_hour")), Decimal(0))
     reliability = ((delivered + prior) / (delivered + lost + prior)).quantize(Decimal("0.001"), rounding="ROUND_DOWN")
     Organisation.objects.filter(pk=organisation_id).update(reliability=reliability)
     return reliability

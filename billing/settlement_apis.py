@@ -3,6 +3,7 @@
 from datetime import timedelta
 from decimal import Decimal
 
+import django_filters
 from django.shortcuts import render
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -180,11 +181,23 @@ class ChargeOutput(serializers.Serializer):
         return "buyer" if charge.buyer_id == self.context["organisation"].pk else "supplier"
 
 
+class ChargeFilter(django_filters.FilterSet):
+    kind = django_filters.ChoiceFilter(choices=Charge.Kind.choices)
+    order = django_filters.NumberFilter(field_name="order_id")
+    allocation = django_filters.NumberFilter(field_name="allocation_id")
+
+    class Meta:
+        model = Charge
+        fields = ["kind", "order", "allocation"]
+
+
 class ChargeListApi(generics.ListAPIView):
     """Every charge, credit and refund you paid (as a buyer) or earned (as a supplier)."""
 
     serializer_class = ChargeOutput
-    filterset_fields = ["kind", "order", "allocation"]
+    # Plain numbers, not model choices: validating an id against every order would tell a caller
+    # which ids exist.
+    filterset_class = ChargeFilter
     ordering_fields = ["id", "usage_to"]
 
     def get_queryset(self):

@@ -311,7 +311,8 @@ def order_cancel(*, organisation: Organisation, order_id: int, reason: str = "")
         if order.status not in CANCELLABLE:
             raise InvalidTransition(f"An order that is {order.status} cannot be cancelled.",
                                     fields={"status": [f"Cannot cancel from {order.status}."]})
-        released = list(order.allocations.exclude(status=Allocation.Status.RELEASED)
+        # Only live allocations: an interrupted one already gave its undelivered hours back.
+        released = list(order.allocations.filter(status__in=Allocation.ACTIVE)
                         .order_by("pk").values_list("pk", flat=True))
         for allocation_id in released:
             _allocation_release_locked(allocation_id=allocation_id)

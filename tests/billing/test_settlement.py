@@ -238,6 +238,11 @@ def test_allocations_close_when_their_hours_run_out_and_months_are_invoiced(supp
     assert sum(c.amount for c in Charge.objects.filter(allocation=ran)) == Decimal("24")
     assert not Charge.objects.filter(allocation=idle).exists()
     assert Hold.objects.get(allocation=idle).status == "voided"
+    # the one never started was a no-show: its order expires (its window has closed) and the
+    # supplier's reliability counts its 2 card-hours as lost: (2 + 100) / (2 + 2 + 100) = 0.980
+    assert Allocation.objects.get(pk=idle.pk).status == "interrupted"
+    assert Order.objects.get(pk=idle.order_id).status == "expired"
+    assert Organisation.objects.get(pk=supplier.pk).reliability == Decimal("0.980")
     assert balance(buyer.pk, "buyer_held") == 0
     # and the monthly run invoices the buyer and states the supplier once
     next_month = (after.replace(day=1) + timedelta(days=32)).replace(day=1, hour=5)
@@ -277,3 +282,68 @@ def test_a_rejected_review_returns_the_hold(buyer_client, settings):
     assert Hold.objects.get(allocation=review.allocation).status == "voided"
     assert balance(buyer_client.organisation.pk, "buyer_held") == 0
     assert_books_balance()
+
+
+def test_a_failure_after_a_settlement_sweep_gives_back_the_failed_hour(supplier_client, buyer_client):
+    supplier, buyer = supplier_client.organisation, buyer_client.organisation
+    allocation = card_hour_allocation(supplier, buyer_client, cards=8, hours=3, bid="12.5", ask="10")
+    settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
+    for minute in range(1, 96):
+        settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                        now=minutes_into(allocation, minute))
+    # a sweep at minute 95 charges 95 minutes: 8 x 11.25 x 95 / 60 = 142.50 ...
+    assert settlement.settle_due(now=minutes_into(allocation, 95)) >= 1
+    assert balance(supplier.pk, "supplier_payable") == Decimal("142.5") * Decimal("0.92")
+    # ... then the node fails at minute 100, in the second hour: only the first hour stands
+    matching.node_fail(node_id=allocation.parts.get().node_id, organisation=supplier,
+                       now=minutes_into(allocation, 100))
+    charges = Charge.objects.filter(allocation=allocation, kind="card_hours")
+    assert sum(c.amount for c in charges) == Decimal("90")
+    assert sum(c.commission for c in charges) == Decimal("7.2")
+    assert balance(supplier.pk, "supplier_payable") == Decimal("82.8")
+    assert balance(buyer.pk, "buyer_wallet") == Decimal("1000000") - 90 + 45  # and the 25% credit
+    assert balance(buyer.pk, "buyer_held") == 0
+    assert_books_balance()
+
+
+def test_a_reopened_order_can_be_cancelled_after_a_failure(supplier_client, buyer_client):
+    allocation = card_hour_allocation(supplier_client.organisation, buyer_client)
+    settlement.allocation_start(organisation=supplier_client.organisation, allocation_id=allocation.pk,
+                                now=minutes_into(allocation, 0))
+    matching.node_fail(node_id=allocation.parts.get().node_id, now=minutes_into(allocation, 30))
+    response = buyer_client.post(f"/api/v1/orders/{allocation.order_id}/cancel", {}, format="json")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert Allocation.objects.get(pk=allocation.pk).status == "interrupted"  # untouched by the cancel
+    assert not ListingHour.objects.filter(cards_sold__gt=0).exists()
+    assert_books_balance()
+
+
+def test_a_supplier_cannot_stop_an_allocation_it_never_started(supplier_client, buyer_client):
+    allocation = card_hour_allocation(supplier_client.organisation, buyer_client)
+    assert_error(supplier_client.post(f"/api/v1/allocations/{allocation.pk}/stop"), 409, code="invalid_transition")
+    assert Allocation.objects.get(pk=allocation.pk).status == "confirmed"
+    assert Order.objects.get(pk=allocation.order_id).status == "matched"
+
+
+def test_the_monthly_run_skips_a_document_issued_on_demand_since_and_goes_on(supplier_client, buyer_client,
+                                                                             client_for):
+    other = client_for(is_supplier=False, is_buyer=True)
+    for client in (buyer_client, other):
+        tokens = token_allocation(supplier_client.organisation, client)
+        usage_record_batch(organisation_id=supplier_client.organisation.pk, events=[
+            UsageIn(f"e-{client.organisation.pk}", tokens.pk, timezone.now() - timedelta(hours=1), 0, 1_000_000, 0)])
+    settlement.settle_pending_usage()
+    next_month = (timezone.now().replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=30)
+    # the first buyer issued one on demand at 00:05 on the 1st; the 00:30 run must still serve the other
+    invoicing.invoice_issue(organisation_id=buyer_client.organisation.pk, now=next_month - timedelta(minutes=25))
+    assert invoicing.invoices_issue_monthly(now=next_month) == 2  # the other buyer and the supplier
+    assert Invoice.objects.filter(organisation=other.organisation, kind="invoice").count() == 1
+    assert Invoice.objects.filter(organisation=buyer_client.organisation).count() == 1
+
+
+def test_charge_filters_do_not_reveal_which_ids_exist(buyer_client, client_for):
+    stranger = client_for(is_supplier=False, is_buyer=True)
+    order = post_order(buyer_client)
+    for order_id in (order.pk, 999999):
+        response = stranger.get("/api/v1/charges", {"order": order_id})
+        assert response.status_code == 200 and response.json()["results"] == []

@@ -117,3 +117,32 @@ def test_rounds_cancellations_and_settlements_of_one_buyer_race_without_deadlock
     assert UsageEvent.objects.filter(settled=True).count() == 20
     assert Order.objects.filter(pk__in=[o.pk for o in more]).exists()
     assert_books_balance()
+
+
+def test_refunds_payouts_and_invoices_race_settlement_without_deadlock(client_for):
+    from billing import invoicing
+    from billing.models import Transfer
+
+    supplier = OrganisationFactory(is_supplier=True, is_buyer=False)
+    buyer_client = client_for(is_supplier=False, is_buyer=True)
+    tokens = token_allocation(supplier, buyer_client)
+    usage_record_batch(organisation_id=supplier.pk, events=[
+        UsageIn(f"a-{i}", tokens.pk, timezone.now(), 0, 1_000_000, 0) for i in range(5)])
+    settlement.allocation_settle(allocation_id=tokens.pk)
+    charge = Charge.objects.get(allocation=tokens)  # 5 x 2 = 10 CNY of cache-miss input
+    usage_record_batch(organisation_id=supplier.pk, events=[
+        UsageIn(f"b-{i}", tokens.pk, timezone.now(), 0, 1_000_000, 0) for i in range(5)])
+    jobs = [lambda i=i: invoicing.charge_refund(charge_id=charge.pk, amount=Decimal("1"), reason="slow",
+                                                reference=f"r-{i}") for i in range(3)]
+    jobs += [lambda: settlement.allocation_settle(allocation_id=tokens.pk) for _ in range(3)]
+    jobs += [lambda: invoicing.invoice_issue(organisation_id=buyer_client.organisation.pk)]
+    jobs += [lambda: invoicing.payout_create(organisation_id=supplier.pk, reference="wire-1") for _ in range(3)]
+    outcomes = race(jobs)
+    assert not [o for o in outcomes if isinstance(o, OperationalError)], outcomes  # no deadlock victim
+    # invoices may lose a race for their period end; payouts all answer the one transfer
+    errors = [o for o in outcomes[:6] + outcomes[7:] if isinstance(o, Exception)]
+    assert not errors, errors
+    assert len({o.pk for o in outcomes[7:]}) == 1 and Transfer.objects.filter(kind="payout").count() == 1
+    assert Charge.objects.filter(kind="refund").count() == 3
+    assert not UsageEvent.objects.filter(settled=False).exists()
+    assert_books_balance()
