@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -82,7 +83,7 @@ def simulate(config: SimConfig, *, progress: Callable[[int, int, str], None] | N
     rng = random.Random(config.seed)
     first = current_hour_index(timezone.now()) + 2
     hours = config.days * 24
-    run = SimRun(tag=f"sim{config.seed}-{first}", start=hour_start(first), end=hour_start(first + hours),
+    run = SimRun(tag=f"sim{config.seed}-{uuid.uuid4().hex[:8]}", start=hour_start(first), end=hour_start(first + hours),
                  first_hour=first, hours=hours)
     report = progress or (lambda done, total, what: None)
     # The simulation does not send a heartbeat every minute: the grace covers a whole allocation.

@@ -11,7 +11,7 @@ from pathlib import Path
 from django.db.models import Min, Sum
 
 from billing.models import Charge
-from marketplace.models import Allocation, AllocationPart, ListingHour, Order, Region
+from marketplace.models import Allocation, ListingHour, Order, Region
 
 from .driver import SimRun
 
