@@ -47,6 +47,9 @@ BUYER_HOMES = {"CN-SH": 5, "CN-ZJ": 4, "CN-JS": 4, "CN-GD": 5, "CN-BJ": 5, "CN-S
 WEST_HUBS = {"guizhou", "inner-mongolia", "gansu", "ningxia", "chengdu-chongqing"}
 TOKEN_MODELS = ("DeepSeek-V3", "DeepSeek-R1")
 MINUTE = timedelta(minutes=1)
+# Production sweeps every 5 minutes of real time; a simulated hour passes in well under a second,
+# so sweeping every simulated hour would settle each long-running allocation 72 times for nothing.
+SETTLE_EVERY_HOURS = 12
 
 
 @dataclass
@@ -101,8 +104,9 @@ def simulate(config: SimConfig, *, progress: Callable[[int, int, str], None] | N
             _report_token_usage(run, rng, now)
             if step in failure_hours:
                 _fail_a_busy_node(run, rng, now)
-            settlement.allocations_close_due(now=now)
-            settlement.settle_due(now=now)
+            settlement.allocations_close_due(now=now)  # settles what ends, as it ends
+            if step % SETTLE_EVERY_HOURS == SETTLE_EVERY_HOURS - 1:
+                settlement.settle_due(now=now)  # the periodic sweep of running work and token usage
             market.order_expire_due(now=now)
             report(step + 1, hours, f"hour {step + 1}/{hours}")
         finish = run.end + MINUTE
@@ -154,7 +158,7 @@ def _create_buyers(run: SimRun, config: SimConfig, rng: random.Random, report) -
         home = rng.choices(homes, weights)[0]
         org = market.organisation_create(name=f"Sim buyer {b}", slug=f"{run.tag}-b{b}", is_buyer=True,
                                          home_region_code=home)
-        wallet_top_up(organisation_id=org.pk, amount=Decimal(rng.choice([2_000, 5_000, 20_000, 100_000])),
+        wallet_top_up(organisation_id=org.pk, amount=Decimal(rng.choice([5_000, 20_000, 50_000, 200_000])),
                       reference=f"{run.tag}-opening-{b}")
         run.buyer_ids.append(org.pk)
         if b % 200 == 199:
@@ -162,33 +166,32 @@ def _create_buyers(run: SimRun, config: SimConfig, rng: random.Random, report) -
 
 
 def _background_load(run: SimRun, config: SimConfig, rng: random.Random) -> None:
-    """Incumbent customers who already rent about ``background_load`` of the capacity."""
-    nodes = list(Node.objects.filter(pk__in=run.node_ids).exclude(listings__token_model__isnull=False)
-                 .values_list("chip__code", flat=True))
-    target = int(len(nodes) * 8 * run.hours * config.background_load)
-    booked = 0
-    while booked < target:
-        chip = rng.choice(nodes)
-        hours = min(run.hours - 1, rng.choice([12, 24, 48, 72]))
-        start = rng.randrange(0, max(1, run.hours - hours))
-        cards = rng.choice([4, 8])
-        demand = CardHoursDemand(
-            duration_hours=hours, earliest_start=hour_start(run.first_hour + start),
-            latest_end=hour_start(run.first_hour + start + hours), chips=[chip], cards=cards,
-            max_price_per_card_hour=CHIPS[chip][0] * Decimal("1.5"))
-        _post(lambda: market.order_create_card_hours(organisation=Organisation.objects.get(
-            pk=rng.choice(run.buyer_ids)), demand=demand))
-        booked += cards * hours
+    """Incumbent customers who already rent about ``background_load`` of the card-hour capacity:
+    whole nodes for the whole run, bought through orders that the first round matches."""
+    incumbents = []
+    for i in range(5):
+        org = market.organisation_create(name=f"Sim incumbent {i}", slug=f"{run.tag}-i{i}", is_buyer=True,
+                                         home_region_code="CN-SH")
+        wallet_top_up(organisation_id=org.pk, amount=Decimal("100000000"), reference=f"{run.tag}-incumbent-{i}")
+        run.buyer_ids.append(org.pk)
+        incumbents.append(org)
+    nodes = list(Node.objects.filter(pk__in=run.node_ids, listings__token_model__isnull=True)
+                 .values_list("chip__code", "region__code").order_by("pk"))
+    for chip, region in rng.sample(nodes, int(len(nodes) * config.background_load)):
+        demand = CardHoursDemand(duration_hours=run.hours, earliest_start=run.start, latest_end=run.end, chips=[chip],
+                                 cards=8, max_price_per_card_hour=CHIPS[chip][0] * Decimal("1.5"),
+                                 region=RegionPolicySpec(policy="regions", regions=[region]))
+        _post(lambda: market.order_create_card_hours(organisation=rng.choice(incumbents), demand=demand))
     matching.round_run(bucket="*:*", now=run.start - timedelta(minutes=30))
 
 
 def _arrivals(run: SimRun, config: SimConfig, rng: random.Random, now: datetime) -> None:
     for _ in range(_poisson(rng, config.orders_per_hour)):
-        buyer = Organisation.objects.get(pk=rng.choice(run.buyer_ids))
+        buyer = Organisation.objects.get(pk=rng.choice(run.buyer_ids[:config.buyers]))
         _post(lambda: market.order_create_card_hours(organisation=buyer, demand=_card_hours_demand(run, rng, now,
                                                                                                    buyer)))
     for _ in range(_poisson(rng, config.token_orders_per_hour)):
-        buyer = Organisation.objects.get(pk=rng.choice(run.buyer_ids))
+        buyer = Organisation.objects.get(pk=rng.choice(run.buyer_ids[:config.buyers]))
         demand = TokensDemand(model=rng.choice(TOKEN_MODELS), expected_input_tokens=rng.choice([5, 20, 50]) * 10**6,
                               expected_output_tokens=rng.choice([1, 4, 10]) * 10**6,
                               expected_cache_hit_ratio=Decimal(rng.choice(["0.1", "0.3", "0.5"])),
@@ -199,7 +202,7 @@ def _arrivals(run: SimRun, config: SimConfig, rng: random.Random, now: datetime)
 
 def _card_hours_demand(run: SimRun, rng: random.Random, now: datetime, buyer: Organisation) -> CardHoursDemand:
     hour = current_hour_index(now) + 1 + rng.randrange(0, 3)
-    duration = rng.choice([1, 2, 3, 4, 6, 8, 12])
+    duration = rng.choice([1, 2, 4, 6, 8, 12, 24])
     slack = rng.choice([0, 2, 6, 12])
     last = run.first_hour + run.hours
     start = min(hour, last - duration)
@@ -218,7 +221,7 @@ def _card_hours_demand(run: SimRun, rng: random.Random, now: datetime, buyer: Or
                                                                          "CN-SH", "CN-ZJ", "CN-JS", "CN-GD"], 3))
     return CardHoursDemand(duration_hours=duration, earliest_start=hour_start(start),
                            latest_end=hour_start(min(last, start + duration + slack)), chips=chips,
-                           min_memory_gb=memory, cards=rng.choice([1, 1, 2, 4, 8]), max_price_per_card_hour=bid,
+                           min_memory_gb=memory, cards=rng.choice([1, 2, 4, 8, 8]), max_price_per_card_hour=bid,
                            region=region)
 
 
