@@ -21,6 +21,7 @@ api_v1 = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("dashboard/", include("dashboard.urls")),
     path("health", health),
     path("api/v1/", include(api_v1)),
     # Unknown API paths answer in the API's error shape, not with an HTML page.

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "marketplace",
     "matching",
     "billing",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
