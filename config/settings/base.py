@@ -102,12 +102,13 @@ else:
 _FS_BROKER_DIR = VAR_DIR / "celery-broker"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
-    for sub in ("in", "processed"):
+    for sub in ("in", "processed", "control"):
         (_FS_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_FS_BROKER_DIR / "in"),
         "data_folder_out": str(_FS_BROKER_DIR / "in"),
         "processed_folder": str(_FS_BROKER_DIR / "processed"),
+        "control_folder": str(_FS_BROKER_DIR / "control"),  # kombu's default is ./control
         "store_processed": False,
     }
 if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
