@@ -27,15 +27,13 @@ def dashboard(request):
 @staff_member_required
 @require_POST
 def review_decide(request, review_id: int, decision: str):
-    reason = request.POST.get("reason", "")
+    decide = {"approve": (matching.review_approve, "approved"), "reject": (matching.review_reject, "rejected")}
+    if decision not in decide:
+        return HttpResponse(status=404)
+    service, done = decide[decision]
     try:
-        if decision == "approve":
-            matching.review_approve(review_id=review_id, admin_user_id=request.user.pk, reason=reason)
-        elif decision == "reject":
-            matching.review_reject(review_id=review_id, admin_user_id=request.user.pk, reason=reason)
-        else:
-            return HttpResponse(status=404)
-        messages.success(request, f"Match review {review_id} {decision}d.")
+        service(review_id=review_id, admin_user_id=request.user.pk, reason=request.POST.get("reason", ""))
+        messages.success(request, f"Match review {review_id} {done}.")
     except ApplicationError as exc:
         messages.error(request, f"Review {review_id}: {exc.message}")
     return redirect("dashboard:index")

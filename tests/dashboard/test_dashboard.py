@@ -60,8 +60,9 @@ def test_approve_and_reject_from_the_page_change_the_database(admin_client, buye
     approve, reject = _two_flagged_matches(buyer_client)
     response = admin_client.post(f"/dashboard/reviews/{approve.pk}/approve", {})
     assert response.status_code == 302
-    response = admin_client.post(f"/dashboard/reviews/{reject.pk}/reject", {"reason": "supplier unknown"})
-    assert response.status_code == 302
+    response = admin_client.post(f"/dashboard/reviews/{reject.pk}/reject", {"reason": "supplier unknown"},
+                                 follow=True)
+    assert f"Match review {reject.pk} rejected." in response.content.decode()
     approve.refresh_from_db(), reject.refresh_from_db()
     assert approve.status == "approved" and approve.decided_by.username == "ops"
     assert Order.objects.get(pk=approve.allocation.order_id).status == "matched"
