@@ -1,5 +1,6 @@
 # Two commands matter:
-#   make run   - set everything up on a fresh machine and run the exchange (embedded defaults)
+#   make run   - set everything up on a fresh machine and run the exchange with a simulated market
+#                (on the machine's PostgreSQL when it answers, else the embedded defaults)
 #   make test  - set everything up and run every test against the real PostgreSQL and Redis
 PYTHON ?= python3.11
 VENV := .venv
@@ -25,9 +26,8 @@ migrate: install
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
-run: seed
-	@echo "API:   http://$(HOST):$(PORT)/api/v1/   docs: http://$(HOST):$(PORT)/api/v1/docs   admin: http://$(HOST):$(PORT)/admin/"
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+run: install
+	HOST=$(HOST) PORT=$(PORT) bash scripts/run.sh
 
 # The browser tests drive Debian's chromium (Playwright never downloads a browser of its own).
 browser:

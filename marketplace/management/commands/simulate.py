@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from config.errors import ApplicationError
+from marketplace.models import Organisation
 from simulation.driver import SimConfig, simulate
 from simulation.report import figures, write_report
 
@@ -30,8 +31,13 @@ class Command(BaseCommand):
                                 help=f"{HELP[f.name]} (default {f.default})")
         parser.add_argument("--out", default=str(Path(settings.VAR_DIR) / "simulation"),
                             help="folder for report.txt and the PNG charts (default var/simulation)")
+        parser.add_argument("--unless-present", action="store_true",
+                            help="do nothing if this database already holds a simulated market (make run uses it)")
 
     def handle(self, *args, **options):
+        if options["unless_present"] and Organisation.objects.filter(slug__startswith="sim").exists():
+            self.stdout.write(f"A simulated market is already in this database; its report: {options['out']}")
+            return
         config = SimConfig(**{f.name: options[f.name] for f in fields(SimConfig)})
         started = time.monotonic()
         try:
