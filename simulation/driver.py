@@ -90,7 +90,9 @@ def simulate(config: SimConfig, *, progress: Callable[[int, int, str], None] | N
                  first_hour=first, hours=hours)
     report = progress or (lambda done, total, what: None)
     # The simulation does not send a heartbeat every minute: the grace covers a whole allocation.
-    with override_settings(SANDUISAN={**settings.SANDUISAN, "HEARTBEAT_GRACE_SECONDS": 3600 * 24 * 30}):
+    # It runs the rounds itself, on its clock, so arrivals do not also queue rounds for a worker.
+    with override_settings(SANDUISAN={**settings.SANDUISAN, "HEARTBEAT_GRACE_SECONDS": 3600 * 24 * 30,
+                                      "AUTO_MATCH": False}):
         _create_supply(run, config, rng, report)
         _create_buyers(run, config, rng, report)
         _background_load(run, config, rng)
@@ -119,7 +121,8 @@ def simulate(config: SimConfig, *, progress: Callable[[int, int, str], None] | N
 # --- the market -----------------------------------------------------------------------------
 
 def _create_supply(run: SimRun, config: SimConfig, rng: random.Random, report) -> None:
-    regions = list(Region.objects.exclude(kind=Region.Kind.COUNTRY))
+    # Chinese provinces and data-centre cities (the catalogue also holds a few foreign regions).
+    regions = list(Region.objects.exclude(kind=Region.Kind.COUNTRY).filter(code__startswith="CN-"))
     hub_cities = [r for r in regions if r.hub]
     chip_codes = list(CHIPS)
     weights = [CHIPS[c][1] for c in chip_codes]
