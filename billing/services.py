@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, ValidationFailed
@@ -75,14 +75,42 @@ def transfer_post(*, idempotency_id: str, kind: str, legs: Sequence[tuple[int, D
                     raise InsufficientFunds(f"Account {account} has {account.balance}, needs {-change}.")
             transfer = Transfer.objects.create(idempotency_id=idempotency_id, kind=kind, currency=currency, memo=memo)
             Entry.objects.bulk_create([Entry(transfer=transfer, account_id=a, amount=x) for a, x in legs])
-            for account_id, change in sorted(delta.items()):
-                Account.objects.filter(pk=account_id).update(balance=F("balance") + change)
+            _balances_add(delta)
             return transfer, True
     except IntegrityError:
         existing = Transfer.objects.filter(idempotency_id=idempotency_id).first()
         if existing is None:
             raise
         return _replay(existing, legs), False
+
+
+def _balances_add(delta: dict[int, Decimal]) -> None:
+    """Apply balance changes to locked accounts: one statement on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE billing_account a SET balance = a.balance + t.d"
+                           " FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, d) WHERE a.id = t.id",
+                           [list(delta), list(delta.values())])
+        return
+    for account_id, change in sorted(delta.items()):
+        Account.objects.filter(pk=account_id).update(balance=F("balance") + change)
+
+
+def accounts_for(*, wanted: Sequence[tuple[int | None, str]], lock: bool = False) -> dict[tuple, Account]:
+    """The accounts ``(organisation id or None, kind)``, created where missing, in one round trip
+    when they all exist. With ``lock``, locked FOR UPDATE in primary-key order (call inside atomic)."""
+    condition = Q()
+    for organisation_id, kind in wanted:
+        condition |= Q(organisation_id=organisation_id, kind=kind, currency="CNY")
+    found = {(a.organisation_id, a.kind): a for a in Account.objects.filter(condition)}
+    if len(found) < len(set(wanted)):
+        for organisation_id, kind in wanted:
+            if (organisation_id, kind) not in found:
+                found[(organisation_id, kind)] = account_get_or_create(organisation_id=organisation_id, kind=kind)
+    if lock:
+        locked = accounts_lock(account_ids=[a.pk for a in found.values()])
+        found = {key: locked[a.pk] for key, a in found.items()}
+    return found
 
 
 def _replay(transfer: Transfer, legs) -> Transfer:
@@ -256,8 +284,9 @@ def hold_release_locked(*, hold: Hold) -> Hold:
         return hold
     rest = hold.amount - hold.posted_amount
     if rest:
-        held = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_HELD)
-        wallet = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_WALLET)
+        accounts = accounts_for(wanted=[(hold.organisation_id, kind) for kind in BUYER_KINDS])
+        held = accounts[(hold.organisation_id, Account.Kind.BUYER_HELD)]
+        wallet = accounts[(hold.organisation_id, Account.Kind.BUYER_WALLET)]
         transfer_post(idempotency_id=f"hold-release:{hold.reference}", kind="release",
                       legs=[(held.pk, -rest), (wallet.pk, rest)])
     hold.status = Hold.Status.POSTED if hold.posted_amount else Hold.Status.VOIDED

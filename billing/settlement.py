@@ -29,7 +29,7 @@ from matching.models import FailureImpact, NodeFailure
 
 from .models import Account, AllocationMeter, Charge, Hold, Transfer, UsageEvent
 from .rating import TokenPrices, commission, exact, rate_card_minutes, rate_tokens
-from .services import account_get_or_create, accounts_lock, hold_release_locked, transfer_post
+from .services import account_get_or_create, accounts_for, hold_release_locked, transfer_post
 
 logger = logging.getLogger(__name__)
 ENDED = (Allocation.Status.COMPLETED, Allocation.Status.INTERRUPTED, Allocation.Status.RELEASED)
@@ -262,14 +262,11 @@ def allocation_settle(*, allocation_id: int, now: datetime | None = None, final:
 
 
 def _lock_settlement_accounts(buyer_id: int, supplier_id: int) -> dict[str, Account]:
-    accounts = {
-        "wallet": account_get_or_create(organisation_id=buyer_id, kind=Account.Kind.BUYER_WALLET),
-        "held": account_get_or_create(organisation_id=buyer_id, kind=Account.Kind.BUYER_HELD),
-        "payable": account_get_or_create(organisation_id=supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE),
-        "commission": account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION),
-    }
-    locked = accounts_lock(account_ids=[a.pk for a in accounts.values()])
-    return {name: locked[a.pk] for name, a in accounts.items()}
+    names = {"wallet": (buyer_id, Account.Kind.BUYER_WALLET), "held": (buyer_id, Account.Kind.BUYER_HELD),
+             "payable": (supplier_id, Account.Kind.SUPPLIER_PAYABLE),
+             "commission": (None, Account.Kind.PLATFORM_COMMISSION)}
+    accounts = accounts_for(wanted=list(names.values()), lock=True)
+    return {name: accounts[key] for name, key in names.items()}
 
 
 def _post_charge(*, idempotency_id: str, hold: Hold | None, accounts: dict[str, Account], amount: Decimal,
