@@ -49,7 +49,7 @@ TOKEN_MODELS = ("DeepSeek-V3", "DeepSeek-R1")
 MINUTE = timedelta(minutes=1)
 # Production sweeps every 5 minutes of real time; a simulated hour passes in well under a second,
 # so sweeping every simulated hour would settle each long-running allocation 72 times for nothing.
-SETTLE_EVERY_HOURS = 24
+SETTLE_EVERY_HOURS = 36
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SimConfig:
     nodes: int = 1000
     buyers: int = 2000
     days: int = 3
-    orders_per_hour: int = 25
+    orders_per_hour: int = 20
     token_orders_per_hour: int = 2
     failures: int = 4
     background_load: float = 0.30
@@ -268,13 +268,15 @@ def _start_due_work(run: SimRun, now: datetime) -> None:
 def _report_token_usage(run: SimRun, rng: random.Random, now: datetime) -> None:
     """Each serving supplier reports the hour's tokens of each live token allocation."""
     live = Allocation.objects.filter(supplier_id__in=run.supplier_ids, kind=Order.Kind.TOKENS,
-                                     status=Allocation.Status.CONFIRMED).values_list("pk", "supplier_id")
+                                     status=Allocation.Status.CONFIRMED).order_by("pk").values_list("pk", "supplier_id")
+    batches: dict[int, list[UsageIn]] = {}
     for pk, supplier_id in live:
         input_tokens = rng.randrange(200_000, 3_000_000)
         hit = int(input_tokens * rng.uniform(0.1, 0.5))
-        usage_record_batch(organisation_id=supplier_id, now=now, events=[
-            UsageIn(f"{run.tag}-{pk}-{now:%Y%m%d%H}", pk, now - MINUTE, hit, input_tokens - hit,
-                    rng.randrange(50_000, 800_000))])
+        batches.setdefault(supplier_id, []).append(UsageIn(f"{run.tag}-{pk}-{now:%Y%m%d%H}", pk, now - MINUTE, hit,
+                                                           input_tokens - hit, rng.randrange(50_000, 800_000)))
+    for supplier_id, events in batches.items():  # one batch per supplier per hour, as a client would send
+        usage_record_batch(organisation_id=supplier_id, now=now, events=events)
 
 
 def _fail_a_busy_node(run: SimRun, rng: random.Random, now: datetime) -> None:
