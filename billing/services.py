@@ -251,27 +251,30 @@ def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> No
              [exact(h.amount) for h in holds], [h.expires_at for h in holds]])
 
 
-def hold_capture_locked(*, hold: Hold, amount: Decimal, supplier_id: int, commission_rate: Decimal,
-                        idempotency_id: str, extra_from_wallet: Decimal = Decimal(0)) -> Transfer | None:
-    """Charge ``amount`` from a pending hold (and ``extra_from_wallet`` beyond it, from the buyer's
-    available balance) to the supplier, less the platform's commission, as one transfer. Call
-    inside atomic with the hold locked, after ``accounts_lock`` on the accounts involved."""
-    amount, extra = exact(Decimal(amount)), exact(Decimal(extra_from_wallet))
-    if amount < 0 or extra < 0 or (amount > 0 and hold.status != Hold.Status.PENDING):
-        raise Conflict(f"The hold is {hold.status}.", code="hold_not_pending")
-    if hold.posted_amount + amount > hold.amount:
-        raise ValidationFailed.on("amount", f"Only {hold.amount - hold.posted_amount} is left on the hold.")
-    if amount + extra == 0:
-        return None
-    held = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_HELD)
-    wallet = account_get_or_create(organisation_id=hold.organisation_id, kind=Account.Kind.BUYER_WALLET)
-    payable = account_get_or_create(organisation_id=supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE)
-    platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION)
-    fee = commission(amount=amount + extra, rate=commission_rate)
-    transfer, _ = transfer_post(idempotency_id=idempotency_id, kind="settle", legs=[
-        (held.pk, -amount), (wallet.pk, -extra), (payable.pk, amount + extra - fee), (platform.pk, fee)])
-    if amount:
-        hold.posted_amount += amount
+def charge_accounts_lock(*, buyer_id: int, supplier_id: int) -> dict[str, Account]:
+    """The four accounts a charge moves money between (``wallet``, ``held``, ``payable``,
+    ``commission``), created where missing and locked in primary-key order. Call inside atomic,
+    after every non-ledger lock."""
+    names = {"wallet": (buyer_id, Account.Kind.BUYER_WALLET), "held": (buyer_id, Account.Kind.BUYER_HELD),
+             "payable": (supplier_id, Account.Kind.SUPPLIER_PAYABLE),
+             "commission": (None, Account.Kind.PLATFORM_COMMISSION)}
+    accounts = accounts_for(wanted=list(names.values()), lock=True)
+    return {name: accounts[key] for name, key in names.items()}
+
+
+def hold_capture_locked(*, hold: Hold | None, accounts: dict[str, Account], amount: Decimal, fee: Decimal,
+                        idempotency_id: str, memo: str = "") -> Transfer:
+    """One charge as one transfer: ``amount`` from the pending hold first, the rest from the
+    buyer's available balance, to the supplier less ``fee`` to the platform. Call inside atomic
+    with the hold locked and ``accounts`` from ``charge_accounts_lock``."""
+    on_hold = Decimal(0)
+    if hold is not None and hold.status == Hold.Status.PENDING:
+        on_hold = min(amount, hold.amount - hold.posted_amount)
+    transfer, _ = transfer_post(idempotency_id=idempotency_id, kind="settle", memo=memo, legs=[
+        (accounts["held"].pk, -on_hold), (accounts["wallet"].pk, -(amount - on_hold)),
+        (accounts["payable"].pk, amount - fee), (accounts["commission"].pk, fee)])
+    if on_hold:
+        hold.posted_amount += on_hold
         hold.save(update_fields=["posted_amount", "updated_at"])
     return transfer
 
@@ -306,9 +309,11 @@ def hold_post(*, hold_id: int, amount: Decimal, supplier_id: int, commission_rat
             raise Conflict(f"The hold is {hold.status}.", code="hold_not_pending")
         if not Decimal(0) <= amount <= hold.amount - hold.posted_amount:
             raise ValidationFailed.on("amount", f"Must be between 0 and the held {hold.amount - hold.posted_amount}.")
-        _lock_hold_accounts(hold, supplier_id)
-        hold_capture_locked(hold=hold, amount=amount, supplier_id=supplier_id, commission_rate=commission_rate,
-                            idempotency_id=f"hold-post:{hold.reference}")
+        accounts = charge_accounts_lock(buyer_id=hold.organisation_id, supplier_id=supplier_id)
+        if amount:
+            hold_capture_locked(hold=hold, accounts=accounts, amount=amount,
+                                fee=commission(amount=amount, rate=commission_rate),
+                                idempotency_id=f"hold-post:{hold.reference}")
         if hold.posted_amount == 0:
             # Posting nothing is still a settlement: close the hold as posted, not voided.
             hold_release_locked(hold=hold)
@@ -328,14 +333,6 @@ def hold_void(*, hold_id: int) -> Hold:
         if hold.status != Hold.Status.PENDING or hold.posted_amount:
             raise Conflict(f"The hold is {hold.status}.", code="hold_not_pending")
         return hold_release_locked(hold=hold)
-
-
-def _lock_hold_accounts(hold: Hold, supplier_id: int | None) -> None:
-    ids = [account_get_or_create(organisation_id=hold.organisation_id, kind=k).pk for k in BUYER_KINDS]
-    if supplier_id is not None:
-        ids += [account_get_or_create(organisation_id=supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE).pk,
-                account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION).pk]
-    accounts_lock(account_ids=ids)
 
 
 def holds_expire(*, now=None) -> int:

@@ -27,9 +27,10 @@ from marketplace.hours import current_hour_index, hour_start
 from marketplace.models import Allocation, Order, Organisation
 from matching.models import FailureImpact, NodeFailure
 
-from .models import Account, AllocationMeter, Charge, Hold, Transfer, UsageEvent
+from .models import Account, AllocationMeter, Charge, Hold, UsageEvent
 from .rating import TokenPrices, commission, exact, rate_card_minutes, rate_tokens
-from .services import account_get_or_create, accounts_for, hold_release_locked, transfer_post
+from .services import (account_get_or_create, charge_accounts_lock, hold_capture_locked, hold_release_locked,
+                       transfer_post)
 
 logger = logging.getLogger(__name__)
 ENDED = (Allocation.Status.COMPLETED, Allocation.Status.INTERRUPTED, Allocation.Status.RELEASED)
@@ -250,7 +251,7 @@ def allocation_settle(*, allocation_id: int, now: datetime | None = None, final:
         allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
         outcome = SettleOutcome(allocation_id)
         hold = Hold.objects.select_for_update().filter(allocation=allocation).first()
-        accounts = _lock_settlement_accounts(buyer_id, allocation.supplier_id)
+        accounts = charge_accounts_lock(buyer_id=buyer_id, supplier_id=allocation.supplier_id)
         if allocation.kind == Order.Kind.CARD_HOURS:
             _settle_card_hours(allocation, hold, accounts, buyer_id, now, outcome)
         else:
@@ -259,30 +260,6 @@ def allocation_settle(*, allocation_id: int, now: datetime | None = None, final:
             hold_release_locked(hold=hold)
             outcome.closed = True
         return outcome
-
-
-def _lock_settlement_accounts(buyer_id: int, supplier_id: int) -> dict[str, Account]:
-    names = {"wallet": (buyer_id, Account.Kind.BUYER_WALLET), "held": (buyer_id, Account.Kind.BUYER_HELD),
-             "payable": (supplier_id, Account.Kind.SUPPLIER_PAYABLE),
-             "commission": (None, Account.Kind.PLATFORM_COMMISSION)}
-    accounts = accounts_for(wanted=list(names.values()), lock=True)
-    return {name: accounts[key] for name, key in names.items()}
-
-
-def _post_charge(*, idempotency_id: str, hold: Hold | None, accounts: dict[str, Account], amount: Decimal,
-                 fee: Decimal, memo: str) -> tuple[Transfer, Decimal]:
-    """One settlement transfer: ``amount`` from the hold first, the rest from the wallet, to the
-    supplier less ``fee`` to the platform. Returns (transfer, part taken from the hold)."""
-    on_hold = Decimal(0)
-    if hold is not None and hold.status == Hold.Status.PENDING:
-        on_hold = min(amount, hold.amount - hold.posted_amount)
-    transfer, _ = transfer_post(idempotency_id=idempotency_id, kind="settle", memo=memo, legs=[
-        (accounts["held"].pk, -on_hold), (accounts["wallet"].pk, -(amount - on_hold)),
-        (accounts["payable"].pk, amount - fee), (accounts["commission"].pk, fee)])
-    if on_hold:
-        hold.posted_amount += on_hold
-        hold.save(update_fields=["posted_amount", "updated_at"])
-    return transfer, on_hold
 
 
 def _settle_card_hours(allocation: Allocation, hold: Hold | None, accounts, buyer_id: int, now: datetime,
@@ -301,9 +278,9 @@ def _settle_card_hours(allocation: Allocation, hold: Hold | None, accounts, buye
                               minutes=minutes)
     amount = total - meter.billed_amount
     fee = commission(amount=amount, rate=commission_rate())
-    transfer, _ = _post_charge(idempotency_id=f"settle:allocation:{allocation.pk}:minutes:{minutes}", hold=hold,
-                               accounts=accounts, amount=amount, fee=fee,
-                               memo=f"allocation {allocation.pk}: {minutes} minutes x {allocation.cards} cards")
+    transfer = hold_capture_locked(idempotency_id=f"settle:allocation:{allocation.pk}:minutes:{minutes}", hold=hold,
+                                   accounts=accounts, amount=amount, fee=fee,
+                                   memo=f"allocation {allocation.pk}: {minutes} minutes x {allocation.cards} cards")
     usage_from = meter.started_at + timedelta(minutes=meter.billed_minutes)
     Charge.objects.create(
         buyer_id=buyer_id, supplier_id=allocation.supplier_id, order_id=allocation.order_id, allocation=allocation,
@@ -388,9 +365,9 @@ def _settle_tokens(allocation: Allocation, hold: Hold | None, accounts, buyer_id
         outcome.events += chosen.update(settled=True)
         outcome.unfunded_events = summary["n"] - sums["n"]
         return
-    transfer, _ = _post_charge(idempotency_id=f"settle:allocation:{allocation.pk}:events-to:{last}", hold=hold,
-                               accounts=accounts, amount=charge.total, fee=sum(fees.values()),
-                               memo=f"allocation {allocation.pk}: {sums['n']} usage events")
+    transfer = hold_capture_locked(idempotency_id=f"settle:allocation:{allocation.pk}:events-to:{last}", hold=hold,
+                                   accounts=accounts, amount=charge.total, fee=sum(fees.values()),
+                                   memo=f"allocation {allocation.pk}: {sums['n']} usage events")
     chosen.update(settled=True, settled_transfer=transfer)
     Charge.objects.bulk_create([
         Charge(buyer_id=buyer_id, supplier_id=allocation.supplier_id, order_id=allocation.order_id,
