@@ -195,6 +195,9 @@ class Listing(models.Model):
     price_input_hit_per_m = models.DecimalField(null=True, blank=True, **PRICE)
     price_input_miss_per_m = models.DecimalField(null=True, blank=True, **PRICE)
     price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    # What a token endpoint can physically serve (input + output tokens per minute); usage beyond
+    # what this could have served since an allocation started is refused as implausible.
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -304,6 +307,9 @@ class Order(models.Model):
     max_price_input_hit_per_m = models.DecimalField(null=True, blank=True, **PRICE)
     max_price_input_miss_per_m = models.DecimalField(null=True, blank=True, **PRICE)
     max_price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
+    # The most the buyer agreed to pay for one allocation of this token order (CNY); set to the
+    # hold when the buyer gives none. Usage beyond it is refused, never charged.
+    max_spend = models.DecimalField(null=True, blank=True, max_digits=30, decimal_places=12)
 
     # Where the work may run.
     region_policy = models.CharField(max_length=14, choices=RegionPolicy.choices, default=RegionPolicy.ANYWHERE)
