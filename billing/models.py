@@ -18,6 +18,9 @@ class Account(models.Model):
         BUYER_WALLET = "buyer_wallet"  # available to spend
         BUYER_HELD = "buyer_held"  # held for matched orders
         SUPPLIER_PAYABLE = "supplier_payable"  # owed to the supplier
+        # owed BY the supplier, as a negative balance: what it had to give back beyond its payable
+        # (a charge reversed after a payout, a service credit it owes); its next earnings repay it
+        SUPPLIER_RECEIVABLE = "supplier_receivable"
         PLATFORM_COMMISSION = "platform_commission"
         PLATFORM_ROUNDING = "platform_rounding"
         PLATFORM_CREDITS = "platform_credits"  # service credits the platform grants
@@ -35,6 +38,8 @@ class Account(models.Model):
             models.UniqueConstraint(fields=["organisation", "kind", "currency"], name="account_unique_per_org",
                                     nulls_distinct=False),
             models.CheckConstraint(condition=Q(allow_negative=True) | Q(balance__gte=0), name="account_no_overdraft"),
+            models.CheckConstraint(condition=~Q(kind="supplier_receivable") | Q(balance__lte=0),
+                                   name="account_receivable_never_positive"),
         ]
 
     def __str__(self) -> str:

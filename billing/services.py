@@ -1,7 +1,13 @@
 """Ledger writes. ``transfer_post`` is the only way money moves.
 
-Locks accounts in primary-key order (so concurrent transfers never deadlock); a transfer's
-idempotency id is unique, so a replay returns the first transfer instead of posting twice.
+One lock order for money, everywhere (settlement, holds, node failures, credits, refunds,
+payouts, invoices, disputes): first every non-ledger row the path needs (node -> listing ->
+order -> allocation -> listing-hours -> meter -> hold), then **every ledger account it will touch,
+at once, in primary-key order, through** ``accounts_lock`` (or ``accounts_for(lock=True)``, which
+calls it). A transaction that has locked accounts may later lock only accounts of that same set
+(``transfer_post`` re-locks its legs through the same helper): asking for another one raises
+``LockOrderViolation`` instead of risking a deadlock. A transfer's idempotency id is unique, so a
+replay returns the first transfer instead of posting twice.
 """
 from __future__ import annotations
 
@@ -23,13 +29,20 @@ from .models import Account, Entry, Hold, Transfer
 from .rating import TokenPrices, commission, exact, max_cost_card_hours, max_cost_tokens
 
 BUYER_KINDS = (Account.Kind.BUYER_WALLET, Account.Kind.BUYER_HELD)
-# Money enters through EXTERNAL, credits are granted from PLATFORM_CREDITS, and sub-fen remainders
-# flow both ways through PLATFORM_ROUNDING: these may go below zero; every other account may not.
-NEGATIVE_BY_NATURE = (Account.Kind.EXTERNAL, Account.Kind.PLATFORM_CREDITS, Account.Kind.PLATFORM_ROUNDING)
+# Money enters through EXTERNAL, credits are granted from PLATFORM_CREDITS, sub-fen remainders flow
+# both ways through PLATFORM_ROUNDING, and what a supplier owes back beyond its payable is its
+# SUPPLIER_RECEIVABLE (never above zero): these may go below zero; every other account may not.
+NEGATIVE_BY_NATURE = (Account.Kind.EXTERNAL, Account.Kind.PLATFORM_CREDITS, Account.Kind.PLATFORM_ROUNDING,
+                      Account.Kind.SUPPLIER_RECEIVABLE)
 
 
 class InsufficientFunds(Conflict):
     code = "insufficient_funds"
+
+
+class LockOrderViolation(RuntimeError):
+    """A programming error: a transaction that had locked ledger accounts asked for another one.
+    Find every account the path touches first and lock them together."""
 
 
 def account_get_or_create(*, organisation_id: int | None, kind: str, currency: str = "CNY") -> Account:
@@ -39,11 +52,32 @@ def account_get_or_create(*, organisation_id: int | None, kind: str, currency: s
     return account
 
 
+def _money_transaction():
+    """The atomic block a money path runs in: this connection's outermost one that a test case
+    did not open (Django's TestCase wraps each test in blocks of its own)."""
+    for block in connection.atomic_blocks:
+        if not block._from_testcase:
+            return block
+    return None
+
+
 def accounts_lock(*, account_ids) -> dict[int, Account]:
-    """Lock accounts FOR UPDATE in primary-key order and return them. Call inside atomic, before
-    posting several transfers in one transaction, so its locks are taken in one global order
-    (transfer_post re-locks them at no cost)."""
-    return {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=sorted(set(account_ids))).order_by("pk")}
+    """The one way a money path locks ledger accounts: FOR UPDATE, in primary-key order, all the
+    accounts it will touch at once, after every non-ledger lock. Returns them with their locked
+    balances. Call inside atomic. The first call in a transaction fixes its set; a later call (a
+    ``transfer_post`` among them) may re-lock accounts of that set at no cost, and raises
+    ``LockOrderViolation`` for any other, since locking it then could deadlock against a path
+    that holds it and waits for one of ours."""
+    ids = sorted(set(account_ids))
+    scope = _money_transaction()
+    if scope is not None:
+        locked = getattr(connection, "sanduisan_ledger_locks", None)
+        if locked is not None and locked[0] is scope:
+            if not locked[1].issuperset(ids):
+                raise LockOrderViolation(f"accounts {sorted(set(ids) - locked[1])} locked after {sorted(locked[1])}")
+        else:
+            connection.sanduisan_ledger_locks = (scope, frozenset(ids))
+    return {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
 
 
 def transfer_post(*, idempotency_id: str, kind: str, legs: Sequence[tuple[int, Decimal]], memo: str = "",
@@ -60,8 +94,7 @@ def transfer_post(*, idempotency_id: str, kind: str, legs: Sequence[tuple[int, D
         return _replay(existing, legs), False
     try:
         with transaction.atomic():
-            accounts = {a.pk: a for a in Account.objects.select_for_update().filter(
-                pk__in=sorted({a for a, _ in legs})).order_by("pk")}
+            accounts = accounts_lock(account_ids=[a for a, _ in legs])
             if len(accounts) != len({a for a, _ in legs}) or any(a.currency != currency for a in accounts.values()):
                 raise ValidationFailed.on("legs", "Unknown account or currency mismatch.")
             delta: dict[int, Decimal] = {}
@@ -204,9 +237,9 @@ def buyer_funds_lock(*, organisation_ids) -> dict[int, Decimal]:
                    .values_list("organisation_id", "kind"))
     Account.objects.bulk_create([Account(organisation_id=o, kind=k) for o in ids for k in BUYER_KINDS
                                  if (o, k) not in existing], ignore_conflicts=True)
-    locked = Account.objects.select_for_update().filter(organisation_id__in=ids, currency="CNY",
-                                                        kind__in=BUYER_KINDS).order_by("pk")
-    return {a.organisation_id: a.balance for a in locked if a.kind == Account.Kind.BUYER_WALLET}
+    locked = accounts_lock(account_ids=Account.objects.filter(organisation_id__in=ids, currency="CNY",
+                                                              kind__in=BUYER_KINDS).values_list("pk", flat=True))
+    return {a.organisation_id: a.balance for a in locked.values() if a.kind == Account.Kind.BUYER_WALLET}
 
 
 def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> None:
@@ -249,13 +282,18 @@ def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> No
              [exact(h.amount) for h in holds], [h.expires_at for h in holds]])
 
 
+def charge_accounts(*, buyer_id: int, supplier_id: int) -> dict[str, tuple[int | None, str]]:
+    """The accounts a charge (or its reversal) may move money between, by name."""
+    return {"wallet": (buyer_id, Account.Kind.BUYER_WALLET), "held": (buyer_id, Account.Kind.BUYER_HELD),
+            "payable": (supplier_id, Account.Kind.SUPPLIER_PAYABLE),
+            "receivable": (supplier_id, Account.Kind.SUPPLIER_RECEIVABLE),
+            "commission": (None, Account.Kind.PLATFORM_COMMISSION)}
+
+
 def charge_accounts_lock(*, buyer_id: int, supplier_id: int) -> dict[str, Account]:
-    """The four accounts a charge moves money between (``wallet``, ``held``, ``payable``,
-    ``commission``), created where missing and locked in primary-key order. Call inside atomic,
-    after every non-ledger lock."""
-    names = {"wallet": (buyer_id, Account.Kind.BUYER_WALLET), "held": (buyer_id, Account.Kind.BUYER_HELD),
-             "payable": (supplier_id, Account.Kind.SUPPLIER_PAYABLE),
-             "commission": (None, Account.Kind.PLATFORM_COMMISSION)}
+    """The accounts a charge moves money between (``charge_accounts``), created where missing and
+    locked in primary-key order. Call inside atomic, after every non-ledger lock."""
+    names = charge_accounts(buyer_id=buyer_id, supplier_id=supplier_id)
     accounts = accounts_for(wanted=list(names.values()), lock=True)
     return {name: accounts[key] for name, key in names.items()}
 
@@ -263,14 +301,17 @@ def charge_accounts_lock(*, buyer_id: int, supplier_id: int) -> dict[str, Accoun
 def hold_capture_locked(*, hold: Hold | None, accounts: dict[str, Account], amount: Decimal, fee: Decimal,
                         idempotency_id: str, memo: str = "") -> Transfer:
     """One charge as one transfer: ``amount`` from the pending hold first, the rest from the
-    buyer's available balance, to the supplier less ``fee`` to the platform. Call inside atomic
-    with the hold locked and ``accounts`` from ``charge_accounts_lock``."""
+    buyer's available balance, to the supplier less ``fee`` to the platform. What the supplier
+    owes (its receivable) is repaid from its share first. Call inside atomic with the hold locked
+    and ``accounts`` from ``charge_accounts_lock`` (their balances as locked)."""
     on_hold = Decimal(0)
     if hold is not None and hold.status == Hold.Status.PENDING:
         on_hold = min(amount, hold.amount - hold.posted_amount)
+    repay = min(amount - fee, max(Decimal(0), -accounts["receivable"].balance))
     transfer, _ = transfer_post(idempotency_id=idempotency_id, kind="settle", memo=memo, legs=[
         (accounts["held"].pk, -on_hold), (accounts["wallet"].pk, -(amount - on_hold)),
-        (accounts["payable"].pk, amount - fee), (accounts["commission"].pk, fee)])
+        (accounts["payable"].pk, amount - fee - repay), (accounts["receivable"].pk, repay),
+        (accounts["commission"].pk, fee)])
     if on_hold:
         hold.posted_amount += on_hold
         hold.save(update_fields=["posted_amount", "updated_at"])

@@ -6,8 +6,8 @@ supplier through ``lifecycle.services``, kept alive by heartbeats) at the match 
 period. Token usage is settled from the stored usage events. Every step is idempotent: settling
 an allocation twice charges nothing more, and a retried Celery task is harmless.
 
-Lock order (after marketplace's node -> order -> allocation -> listing-hours): the allocation,
-its meter, its hold, then every ledger account involved at once, in primary-key order.
+Lock order (the global one, see ``billing.services``): the order, the allocation, its meter, its
+hold, then every ledger account involved at once, in primary-key order (``charge_accounts_lock``).
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from config.errors import ApplicationError, Conflict, NotFound
 from marketplace.hours import hour_start
 from marketplace.models import Allocation, Order
 
-from .models import Account, AllocationMeter, Charge, Hold, UsageEvent
+from .models import AllocationMeter, Charge, Hold, UsageEvent
 from .rating import TokenPrices, commission, rate_card_minutes, rate_tokens
-from .services import (account_get_or_create, charge_accounts_lock, hold_capture_locked, hold_release_locked,
+from .services import (charge_accounts_lock, hold_capture_locked, hold_release_locked,
                        hold_void, transfer_post)
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,12 @@ def allocation_settle(*, allocation_id: int, now: datetime | None = None, final:
         buyer_id = Order.objects.select_for_update().filter(pk=order_id).values_list("organisation_id", flat=True).get()
         allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
         outcome = SettleOutcome(allocation_id)
+        meter = (AllocationMeter.objects.select_for_update().filter(allocation=allocation).first()
+                 if allocation.kind == Order.Kind.CARD_HOURS else None)
         hold = Hold.objects.select_for_update().filter(allocation=allocation).first()
         accounts = charge_accounts_lock(buyer_id=buyer_id, supplier_id=allocation.supplier_id)
         if allocation.kind == Order.Kind.CARD_HOURS:
-            _settle_card_hours(allocation, hold, accounts, buyer_id, now, outcome)
+            _settle_card_hours(allocation, meter, hold, accounts, buyer_id, now, outcome)
         else:
             _settle_tokens(allocation, hold, accounts, buyer_id, outcome)
         if hold is not None and hold.status == Hold.Status.PENDING and (final or allocation.status in ENDED):
@@ -130,9 +132,8 @@ def allocation_settle(*, allocation_id: int, now: datetime | None = None, final:
         return outcome
 
 
-def _settle_card_hours(allocation: Allocation, hold: Hold | None, accounts, buyer_id: int, now: datetime,
-                       outcome: SettleOutcome) -> None:
-    meter = AllocationMeter.objects.select_for_update().filter(allocation=allocation).first()
+def _settle_card_hours(allocation: Allocation, meter: AllocationMeter | None, hold: Hold | None, accounts,
+                       buyer_id: int, now: datetime, outcome: SettleOutcome) -> None:
     if meter is None or meter.started_at is None:
         return
     minutes = metered_seconds(meter=meter, allocation=allocation, now=now) // 60
@@ -166,16 +167,14 @@ def _reverse_card_minutes(allocation: Allocation, meter: AllocationMeter, hold: 
     """Give back what was charged for minutes the allocation no longer delivered (its window
     shrank to the failure): the supplier and the platform return their shares, to the hold if it
     is still open, else to the wallet. Whatever the supplier's payable no longer holds (it was
-    paid out) the platform fronts from its credits account."""
+    paid out) the supplier owes: its receivable, repaid from its next earnings."""
     total = rate_card_minutes(price_per_card_hour=allocation.price_per_card_hour, cards=allocation.cards,
                               minutes=minutes)
     amount = meter.billed_amount - total
     fee = commission(amount=amount, rate=commission_rate())
     from_supplier = min(amount - fee, accounts["payable"].balance)
-    legs = [(accounts["payable"].pk, -from_supplier), (accounts["commission"].pk, -fee)]
-    if from_supplier < amount - fee:
-        credits = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_CREDITS)
-        legs.append((credits.pk, -(amount - fee - from_supplier)))
+    legs = [(accounts["payable"].pk, -from_supplier), (accounts["commission"].pk, -fee),
+            (accounts["receivable"].pk, -(amount - fee - from_supplier))]
     to_hold = hold is not None and hold.status == Hold.Status.PENDING and hold.posted_amount >= amount
     legs.append((accounts["held" if to_hold else "wallet"].pk, amount))
     transfer, _ = transfer_post(idempotency_id=f"settle:allocation:{allocation.pk}:reverse-to:{minutes}",

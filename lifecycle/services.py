@@ -18,9 +18,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import Account, AllocationMeter, Charge
+from billing.models import Account, AllocationMeter, Charge, Hold
 from billing.rating import exact
-from billing.services import account_get_or_create, allocation_hold_place, transfer_post
+from billing.services import (account_get_or_create, accounts_for, allocation_hold_place, charge_accounts,
+                              transfer_post)
 from billing.settlement import allocation_settle, meter_advance, service_window, heartbeat_grace, sweep_item
 from config.errors import InvalidTransition, NotFound, ValidationFailed
 from marketplace import services as market
@@ -182,30 +183,36 @@ def node_fail(*, node_id: int, organisation: Organisation | None = None, reason:
         failure = NodeFailure.objects.create(node=node, failed_hour=failed_hour, reason=reason[:2000],
                                              reported_by_id=reported_by_id,
                                              reported_by_supplier=organisation is not None)
-        affected = (Allocation.objects.filter(parts__node=node, status__in=Allocation.ACTIVE, end_hour__gt=failed_hour,
-                                              kind=Order.Kind.CARD_HOURS)
-                    .values_list("pk", "order_id").distinct().order_by("order_id", "pk"))
+        affected = list(Allocation.objects.filter(parts__node=node, status__in=Allocation.ACTIVE,
+                                                  end_hour__gt=failed_hour, kind=Order.Kind.CARD_HOURS)
+                        .values_list("pk", "order_id").distinct())
+        # The global lock order, for every buyer at once: all the orders, all the allocations, all
+        # their listing-hours in one pass; failure_settle then takes the meters, holds and accounts.
+        orders = {o.pk: o for o in Order.objects.select_for_update().filter(
+            pk__in={order_id for _, order_id in affected}).order_by("pk")}
+        allocations = [a for a in Allocation.objects.select_for_update().filter(
+            pk__in={pk for pk, _ in affected}).order_by("pk") if a.status in Allocation.ACTIVE]  # not ended meanwhile
+        lost_from = {a.pk: max(a.start_hour, failed_hour) for a in allocations}
+        market.allocations_release_unused_locked(releases=[(a, lost_from[a.pk]) for a in allocations])
         reopened = []
-        for allocation_id, order_id in affected:
-            order = Order.objects.select_for_update().get(pk=order_id)
-            allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
+        for allocation in sorted(allocations, key=lambda a: (a.order_id, a.pk)):
+            order = orders[allocation.order_id]
             started = allocation.start_hour <= failed_hour
-            lost_from = max(allocation.start_hour, failed_hour)
             FailureImpact.objects.create(failure=failure, allocation=allocation,
-                                         hours_lost=allocation.end_hour - lost_from, cards=allocation.cards,
-                                         started=started)
+                                         hours_lost=allocation.end_hour - lost_from[allocation.pk],
+                                         cards=allocation.cards, started=started)
             MatchReview.objects.filter(allocation=allocation, status=MatchReview.Status.PENDING).update(
                 status=MatchReview.Status.WITHDRAWN, decided_at=now, decision_reason="the node failed")
-            allocation_release_locked(allocation_id=allocation.pk, from_hour=lost_from)
+            allocation.status = Allocation.Status.RELEASED
             if started:
                 # Undelivered: the hour it failed in and every hour after it; redone from the next hour.
                 remaining = allocation.end_hour - failed_hour
-                Allocation.objects.filter(pk=allocation.pk).update(status=Allocation.Status.INTERRUPTED,
-                                                                   delivered_end_hour=failed_hour)
+                allocation.status, allocation.delivered_end_hour = Allocation.Status.INTERRUPTED, failed_hour
                 order.original_duration_hours = order.original_duration_hours or order.duration_hours
                 order.duration_hours = remaining
                 order.earliest_start = hour_start(next_hour)
                 order.latest_end = max(order.latest_end, hour_start(next_hour + remaining))
+            allocation.save(update_fields=["status", "delivered_end_hour", "updated_at"])
             order.status = Order.Status.OPEN
             order.rematch_count += 1
             order.status_reason = f"re-matching after node failure {failure.pk}"
@@ -351,14 +358,25 @@ def allocations_close_due(*, now: datetime | None = None) -> int:
 
 def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Charge]:
     """Settle what a node failure touched and compensate the buyers. Call inside the atomic block
-    that recorded the failure. Each affected allocation is settled and its hold closed; the buyer
+    that recorded the failure, with the affected orders and allocations locked; it locks their
+    meters and holds, then every ledger account the settlements and credits touch, all buyers'
+    at once (the global order). Each affected allocation is settled and its hold closed; the buyer
     was never charged for the hour of the failure or after it (the service window ends there).
     A buyer whose work had started also gets a service credit: ``SERVICE_CREDIT_RATE`` of the lost
     card-hours' value, paid by the platform. The supplier's reliability is recomputed."""
     failure = NodeFailure.objects.select_related("node").get(pk=failure_id)
     credits = []
     rate = Decimal(settings.SANDUISAN["SERVICE_CREDIT_RATE"])
-    for impact in FailureImpact.objects.filter(failure=failure).select_related("allocation__order").order_by("pk"):
+    impacts = list(FailureImpact.objects.filter(failure=failure).select_related("allocation__order").order_by("pk"))
+    ids = [impact.allocation_id for impact in impacts]
+    list(AllocationMeter.objects.select_for_update().filter(allocation_id__in=ids).order_by("pk").values_list("pk"))
+    list(Hold.objects.select_for_update().filter(allocation_id__in=ids).order_by("pk").values_list("pk"))
+    wanted = [(None, Account.Kind.PLATFORM_CREDITS)]
+    for impact in impacts:
+        wanted += charge_accounts(buyer_id=impact.allocation.order.organisation_id,
+                                  supplier_id=impact.allocation.supplier_id).values()
+    accounts_for(wanted=wanted, lock=True)
+    for impact in impacts:
         allocation = impact.allocation
         allocation_settle(allocation_id=allocation.pk, now=now, final=True)
         value = exact(allocation.price_per_card_hour * impact.cards * impact.hours_lost)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from config.errors import CapacityUnavailable, Conflict, InvalidTransition, NotFound, ValidationFailed
@@ -303,8 +303,9 @@ def slots_sell(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int, e
     the new allocation; ``lifecycle.services.slots_reserve`` places the buyer's hold in the same
     transaction (call this inside the caller's atomic block for that).
 
-    Opens its own atomic block (a savepoint inside a caller's). Locks the order row, then the
-    listing-hour rows ordered by (listing_id, hour). Re-checks every hard constraint of the order
+    Opens its own atomic block (a savepoint inside a caller's). Locks the claimed nodes FOR SHARE
+    (a failure waits, and a failed node is refused), the order row, then the listing-hour rows
+    ordered by (listing_id, hour). Re-checks every hard constraint of the order
     against what it locked and raises ``CapacityUnavailable`` or ``ValidationFailed`` otherwise.
     The ``listinghour_never_oversold`` CHECK constraint is the backstop should any path skip this.
     """
@@ -319,6 +320,7 @@ def slots_sell(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int, e
     cards_by_listing = {c.listing_id: c.cards for c in claims}
 
     with transaction.atomic():
+        nodes_lock_shared(node_ids=Listing.objects.filter(pk__in=listing_ids).values_list("node_id", flat=True))
         order = Order.objects.select_for_update().filter(pk=order_id).first()
         if order is None:
             raise NotFound("No such order.")
@@ -353,6 +355,17 @@ def slots_sell(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int, e
         order.status = Order.Status.MATCHED
         order.save(update_fields=["status", "updated_at"])
         return order, allocation
+
+
+def nodes_lock_shared(*, node_ids) -> None:
+    """Lock nodes FOR SHARE in id order (first in the global order): whatever sells their capacity
+    holds this until commit, so a node failure (FOR UPDATE) waits for it, and its foreign keys to
+    the nodes never queue behind a failure that waits for this transaction's ledger accounts."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM marketplace_node WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+                       [sorted(set(node_ids))])
 
 
 def _check_claim(*, order: Order, listings: dict[int, Listing], cards_by_listing: dict[int, int], start_hour: int,
@@ -419,16 +432,32 @@ def allocation_release_unused_locked(*, allocation: Allocation, from_hour: int |
     """Put the allocation's slots from ``from_hour`` on (default: all) back on sale, leaving its
     status alone. Call inside atomic with the order and allocation locked; locks listing-hours in
     (listing_id, hour) order."""
-    start = max(allocation.start_hour, from_hour if from_hour is not None else allocation.start_hour)
-    if start >= allocation.end_hour or allocation.kind != Order.Kind.CARD_HOURS:
+    allocations_release_unused_locked(releases=[(allocation, from_hour)])
+
+
+def allocations_release_unused_locked(*, releases: Sequence[tuple[Allocation, int | None]]) -> None:
+    """Put several allocations' slots back on sale, each from its ``from_hour`` on (None: all),
+    leaving their statuses alone. Every listing-hour row they touch is locked in one pass, in
+    (listing_id, hour) order, so releasing many at once keeps the global lock order. Call inside
+    atomic with their orders and allocations locked."""
+    spans = {}
+    for allocation, from_hour in releases:
+        start = max(allocation.start_hour, from_hour if from_hour is not None else allocation.start_hour)
+        if start < allocation.end_hour and allocation.kind == Order.Kind.CARD_HOURS:
+            spans[allocation.pk] = (start, allocation.end_hour)
+    if not spans:
         return
-    parts = list(allocation.parts.order_by("listing_id"))
-    list(ListingHour.objects.select_for_update()
-         .filter(listing_id__in=[p.listing_id for p in parts], hour__gte=start, hour__lt=allocation.end_hour)
-         .order_by("listing_id", "hour").values_list("pk", flat=True))
+    parts = list(AllocationPart.objects.filter(allocation_id__in=spans).order_by("listing_id", "allocation_id"))
+    cells = Q()
     for part in parts:
-        ListingHour.objects.filter(listing_id=part.listing_id, hour__gte=start,
-                                   hour__lt=allocation.end_hour).update(cards_sold=F("cards_sold") - part.cards)
+        start, end = spans[part.allocation_id]
+        cells |= Q(listing_id=part.listing_id, hour__gte=start, hour__lt=end)
+    list(ListingHour.objects.select_for_update().filter(cells).order_by("listing_id", "hour")
+         .values_list("pk", flat=True))
+    for part in parts:
+        start, end = spans[part.allocation_id]
+        ListingHour.objects.filter(listing_id=part.listing_id, hour__gte=start, hour__lt=end).update(
+            cards_sold=F("cards_sold") - part.cards)
 
 
 def order_expire_due(*, now=None) -> int:

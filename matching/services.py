@@ -22,6 +22,7 @@ from marketplace.demand import order_region_rule, region_info
 from marketplace.hours import current_hour_index, hour_index
 from marketplace.models import (Allocation, AllocationPart, Listing, Node, Order, Organisation,
                                 Region)
+from marketplace.services import nodes_lock_shared
 
 from billing.services import (InsufficientFunds, MatchHold, allocation_hold_expiry, allocation_hold_place,
                               allocation_max_cost, buyer_funds_lock, match_holds_place)
@@ -308,13 +309,21 @@ def _token_round(*, round_id: str, now=None) -> RoundOutcome:
     with transaction.atomic():
         if MatchRound.objects.select_for_update().filter(round_id=round_id).exists():
             return RoundOutcome(round_id, TOKENS_BUCKET, MatchRound.Status.COMMITTED, replayed=True)
-        listings = {l.pk: l for l in Listing.objects.filter(pk__in=[p[1] for p in pairs]).select_related("node")}
+        listings = {l.pk: l for l in Listing.objects.filter(pk__in=[p[1] for p in pairs])}
+        # The global lock order: the endpoints' nodes FOR SHARE (a failing node waits; a failed one
+        # sells nothing), the orders (skipping any another round holds), then every buyer's ledger
+        # accounts at once; each hold below re-locks only its own buyer's.
+        nodes_lock_shared(node_ids=[l.node_id for l in listings.values()])
+        live_nodes = set(Node.objects.filter(pk__in=[l.node_id for l in listings.values()],
+                                             status=Node.Status.ACTIVE).values_list("pk", flat=True))
+        orders = {o.pk: o for o in Order.objects.select_for_update(skip_locked=True).filter(
+            pk__in=[p[0] for p in pairs], status=Order.Status.OPEN).order_by("pk")}
+        buyer_funds_lock(organisation_ids={o.organisation_id for o in orders.values()})
         now_hour = current_hour_index(now)
         for order_id, listing_id in sorted(pairs):
-            order = Order.objects.select_for_update(skip_locked=True).filter(pk=order_id,
-                                                                             status=Order.Status.OPEN).first()
+            order = orders.pop(order_id, None)
             listing = listings[listing_id]
-            if order is None or listing.status != Listing.Status.ACTIVE:
+            if order is None or listing.status != Listing.Status.ACTIVE or listing.node_id not in live_nodes:
                 continue
             try:
                 with transaction.atomic():  # a savepoint: a buyer short of funds rolls back alone

@@ -81,3 +81,20 @@ def test_racing_spends_and_duplicate_deliveries_never_overdraw_or_double_post():
     assert Transfer.objects.filter(idempotency_id="event-dup").count() <= 1
     assert results.count(True) == 5
     _assert_books_balance()
+
+
+@pytest.mark.django_db
+def test_a_transaction_that_locked_accounts_may_not_lock_another_later():
+    # given a money transaction that locked the wallet and held accounts together
+    external, wallet, held = _accounts()
+    services.transfer_post(idempotency_id="topup", kind="top_up", legs=[(external.pk, -50), (wallet.pk, 50)])
+    with transaction.atomic():
+        services.accounts_lock(account_ids=[held.pk, wallet.pk])
+        # when it moves money between them, that is fine (they are re-locked at no cost) ...
+        services.transfer_post(idempotency_id="hold", kind="hold", legs=[(wallet.pk, -10), (held.pk, 10)])
+        # ... but touching an account it did not lock up front is refused before any lock is taken
+        with pytest.raises(services.LockOrderViolation, match=rf"\[{external.pk}\] locked after"):
+            services.transfer_post(idempotency_id="late", kind="top_up", legs=[(external.pk, -5), (wallet.pk, 5)])
+    # then only the transfers of the one lock set were posted; the next transaction starts afresh
+    assert sorted(Transfer.objects.values_list("idempotency_id", flat=True)) == ["hold", "topup"]
+    services.transfer_post(idempotency_id="later", kind="top_up", legs=[(external.pk, -5), (wallet.pk, 5)])

@@ -84,6 +84,9 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
         def __init__(self):
             super().__init__()
             self._atomic = transaction.atomic()  # a savepoint inside the test's transaction, rolled back in teardown
+            # a test's block, as Django marks its TestCase's: each service call below is a money
+            # transaction of its own (billing.services.accounts_lock checks lock order per call)
+            self._atomic._from_testcase = True
             self._atomic.__enter__()
             try:
                 self._set_up()
