@@ -23,7 +23,7 @@ class Account(models.Model):
         SUPPLIER_RECEIVABLE = "supplier_receivable"
         PLATFORM_COMMISSION = "platform_commission"
         PLATFORM_ROUNDING = "platform_rounding"
-        PLATFORM_CREDITS = "platform_credits"  # service credits the platform grants
+        PLATFORM_CREDITS = "platform_credits"  # unused since suppliers pay service credits (kept for old rows)
         EXTERNAL = "external"  # money entering or leaving (top-ups, payouts); negative by nature
 
     organisation = models.ForeignKey(Organisation, null=True, blank=True, on_delete=models.PROTECT,

@@ -29,9 +29,10 @@ from .models import Account, Entry, Hold, Transfer
 from .rating import TokenPrices, commission, exact, max_cost_card_hours, max_cost_tokens
 
 BUYER_KINDS = (Account.Kind.BUYER_WALLET, Account.Kind.BUYER_HELD)
-# Money enters through EXTERNAL, credits are granted from PLATFORM_CREDITS, sub-fen remainders flow
-# both ways through PLATFORM_ROUNDING, and what a supplier owes back beyond its payable is its
+# Money enters through EXTERNAL, sub-fen remainders flow both ways through PLATFORM_ROUNDING, and
+# what a supplier owes back beyond its payable (a service credit, a reversal after a payout) is its
 # SUPPLIER_RECEIVABLE (never above zero): these may go below zero; every other account may not.
+# PLATFORM_CREDITS is no longer posted to: the platform never funds a service credit.
 NEGATIVE_BY_NATURE = (Account.Kind.EXTERNAL, Account.Kind.PLATFORM_CREDITS, Account.Kind.PLATFORM_ROUNDING,
                       Account.Kind.SUPPLIER_RECEIVABLE)
 

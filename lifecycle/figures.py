@@ -39,13 +39,16 @@ def supplier_figures(*, organisation: Organisation, start: datetime, end: dateti
     lit = earned.filter(kind=Charge.Kind.CARD_HOURS).aggregate(n=Sum("quantity"))["n"] or ZERO
     money = earned.aggregate(gross=Sum("amount"), commission=Sum("commission"))
     gross, commission = money["gross"] or ZERO, money["commission"] or ZERO
-    owed = Account.objects.filter(organisation=organisation, kind=Account.Kind.SUPPLIER_PAYABLE).values_list(
-        "balance", flat=True).first() or ZERO
+    balances = dict(Account.objects.filter(organisation=organisation, kind__in=(
+        Account.Kind.SUPPLIER_PAYABLE, Account.Kind.SUPPLIER_RECEIVABLE)).values_list("kind", "balance"))
+    owed = balances.get(Account.Kind.SUPPLIER_PAYABLE, ZERO)
     return {
         "period": {"start": start, "end": end},
         "card_hours": {"racked": racked, "sold": sold, "lit": lit,
                        "sold_rate": _ratio(Decimal(sold), racked), "lit_rate": _ratio(lit, racked)},
-        "earnings": {"gross": gross, "commission": commission, "net": gross - commission, "owed_now": owed},
+        "earnings": {"gross": gross, "commission": commission, "net": gross - commission, "owed_now": owed,
+                     # service credits or reversals beyond what it was owed, repaid from its next earnings
+                     "owes_now": -balances.get(Account.Kind.SUPPLIER_RECEIVABLE, ZERO)},
         "reliability": organisation.reliability,
         "failures": NodeFailure.objects.filter(node__organisation=organisation, created_at__gte=start,
                                                created_at__lt=end).count(),

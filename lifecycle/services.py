@@ -16,11 +16,12 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
-from billing.models import Account, AllocationMeter, Charge, Hold
+from billing.models import AllocationMeter, Charge, Hold
 from billing.rating import exact
-from billing.services import (account_get_or_create, accounts_for, allocation_hold_place, charge_accounts,
+from billing.services import (accounts_for, allocation_hold_place, charge_accounts, charge_accounts_lock,
                               transfer_post)
 from billing.settlement import allocation_settle, meter_advance, service_window, heartbeat_grace, sweep_item
 from config.errors import InvalidTransition, NotFound, ValidationFailed
@@ -363,7 +364,10 @@ def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Char
     at once (the global order). Each affected allocation is settled and its hold closed; the buyer
     was never charged for the hour of the failure or after it (the service window ends there).
     A buyer whose work had started also gets a service credit: ``SERVICE_CREDIT_RATE`` of the lost
-    card-hours' value, paid by the platform. The supplier's reliability is recomputed."""
+    card-hours' value, capped at what the buyer paid for that allocation, paid by the failing
+    supplier: from its payable, and what that does not cover becomes its receivable (repaid from
+    its next earnings). The platform never funds a credit. The supplier's reliability is
+    recomputed."""
     failure = NodeFailure.objects.select_related("node").get(pk=failure_id)
     credits = []
     rate = Decimal(settings.SANDUISAN["SERVICE_CREDIT_RATE"])
@@ -371,7 +375,7 @@ def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Char
     ids = [impact.allocation_id for impact in impacts]
     list(AllocationMeter.objects.select_for_update().filter(allocation_id__in=ids).order_by("pk").values_list("pk"))
     list(Hold.objects.select_for_update().filter(allocation_id__in=ids).order_by("pk").values_list("pk"))
-    wanted = [(None, Account.Kind.PLATFORM_CREDITS)]
+    wanted = []
     for impact in impacts:
         wanted += charge_accounts(buyer_id=impact.allocation.order.organisation_id,
                                   supplier_id=impact.allocation.supplier_id).values()
@@ -380,26 +384,33 @@ def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Char
         allocation = impact.allocation
         allocation_settle(allocation_id=allocation.pk, now=now, final=True)
         value = exact(allocation.price_per_card_hour * impact.cards * impact.hours_lost)
-        credit = exact(value * rate)
+        # Never more than the buyer paid for this allocation (net of reversals and refunds): a
+        # credit compensates a paying customer; it is not money to be made from a failure.
+        paid = (Charge.objects.filter(allocation=allocation).exclude(kind=Charge.Kind.SERVICE_CREDIT)
+                .aggregate(s=Sum("amount"))["s"] or Decimal(0))
+        credit = min(exact(value * rate), max(paid, Decimal(0)))
         # Credited only where the work had really started (by its meter, not the clock).
         started = AllocationMeter.objects.filter(allocation=allocation, started_at__isnull=False).exists()
         if not started or credit <= 0:
             continue
         buyer_id = allocation.order.organisation_id
-        platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_CREDITS)
-        wallet = account_get_or_create(organisation_id=buyer_id, kind=Account.Kind.BUYER_WALLET)
-        transfer, created = transfer_post(idempotency_id=f"service-credit:impact:{impact.pk}", kind="service_credit",
-                                          legs=[(platform.pk, -credit), (wallet.pk, credit)],
-                                          memo=f"node {failure.node_id} failed under allocation {allocation.pk}")
+        accounts = charge_accounts_lock(buyer_id=buyer_id, supplier_id=allocation.supplier_id)  # locked above
+        from_payable = min(credit, accounts["payable"].balance)
+        transfer, created = transfer_post(
+            idempotency_id=f"service-credit:impact:{impact.pk}", kind="service_credit",
+            legs=[(accounts["payable"].pk, -from_payable), (accounts["receivable"].pk, -(credit - from_payable)),
+                  (accounts["wallet"].pk, credit)],
+            memo=f"node {failure.node_id} failed under allocation {allocation.pk}")
         if not created:
             continue
         at = hour_start(failure.failed_hour)
         credits.append(Charge.objects.create(
-            buyer_id=buyer_id, supplier=None, order_id=allocation.order_id, allocation=allocation,
+            buyer_id=buyer_id, supplier_id=allocation.supplier_id, order_id=allocation.order_id, allocation=allocation,
             kind=Charge.Kind.SERVICE_CREDIT, quantity=Decimal(impact.cards * impact.hours_lost),
             unit_price=allocation.price_per_card_hour, amount=-credit, commission=Decimal(0), usage_from=at,
             usage_to=at, transfer=transfer,
-            memo=f"{rate:%} of {impact.cards * impact.hours_lost} card-hours lost to a node failure"))
+            memo=f"{rate:%} of {impact.cards * impact.hours_lost} card-hours lost to a node failure"
+                 f"{', capped at what was paid' if credit < exact(value * rate) else ''}, paid by the supplier"[:300]))
     supplier_reliability_refresh(organisation_id=failure.node.organisation_id)
     return credits
 

@@ -1,6 +1,8 @@
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 
-from . import models
+from . import models, services
 
 
 @admin.register(models.Region)
@@ -36,6 +38,43 @@ class OrganisationAdmin(admin.ModelAdmin):
     list_filter = ["is_supplier", "is_buyer"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
+
+
+class RelatedPartyForm(forms.ModelForm):
+    class Meta:
+        model = models.RelatedParty
+        fields = ["organisation_a", "organisation_b", "reason"]
+
+    def clean(self):
+        data = super().clean()
+        a, b = data.get("organisation_a"), data.get("organisation_b")
+        if a and b:
+            if a == b:
+                raise ValidationError("An organisation is always related to itself; pick another.")
+            if a.pk > b.pk:  # symmetric: stored lower id first, whichever way the admin entered it
+                data["organisation_a"], data["organisation_b"] = b, a
+        return data
+
+
+@admin.register(models.RelatedParty)
+class RelatedPartyAdmin(admin.ModelAdmin):
+    """Organisations that must never trade with each other (either way): rounds, reservations and
+    token matching skip every pair of them, as they skip an organisation trading with itself."""
+
+    form = RelatedPartyForm
+    list_display = ["organisation_a", "organisation_b", "reason", "created_by", "created_at"]
+    search_fields = ["organisation_a__name", "organisation_b__name", "reason"]
+    list_select_related = ["organisation_a", "organisation_b", "created_by"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["organisation_a", "organisation_b", "reason", "created_by", "created_at"] if obj else []
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        party = services.related_party_create(organisation_ids=(obj.organisation_a_id, obj.organisation_b_id),
+                                              reason=obj.reason, created_by_id=request.user.pk)
+        obj.pk = party.pk
 
 
 @admin.register(models.Membership)

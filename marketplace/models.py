@@ -97,6 +97,30 @@ class Organisation(models.Model):
         return self.name
 
 
+class RelatedParty(models.Model):
+    """Two organisations a platform admin marks as related (one owner, a parent and its
+    subsidiary, ...): neither's order is ever matched to the other's listing, either way, just as
+    an organisation never trades with itself. Symmetric, so stored once per pair, lower id first."""
+
+    organisation_a = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    organisation_b = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=300)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "related parties"
+        constraints = [
+            models.UniqueConstraint(fields=["organisation_a", "organisation_b"], name="related_party_once"),
+            models.CheckConstraint(condition=Q(organisation_a__lt=F("organisation_b")),
+                                   name="related_party_lower_id_first"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organisation_a_id} ~ {self.organisation_b_id}"
+
+
 class Role(models.TextChoices):
     OWNER = "owner"  # everything, including members and API keys
     OPERATOR = "operator"  # trade: nodes, listings, orders

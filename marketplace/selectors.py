@@ -17,9 +17,23 @@ from matching.engine.geo import region_allows
 from .demand import (CardHoursDemand, TokensDemand, region_info, region_rule, regions_by_id, resolve_card_hours,
                      resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start
-from .models import Allocation, ApiKey, Listing, ListingHour, Node, Order, Organisation, Region
+from .models import Allocation, ApiKey, Listing, ListingHour, Node, Order, Organisation, Region, RelatedParty
 
 MILLION = Decimal(1_000_000)
+
+
+def related_parties(*, organisation_ids) -> frozenset[tuple[int, int]]:
+    """Every related-party pair touching these organisations, in both directions (a platform
+    read: matching uses it to keep related organisations from trading with each other)."""
+    ids = list(set(organisation_ids))
+    pairs = RelatedParty.objects.filter(Q(organisation_a__in=ids) | Q(organisation_b__in=ids)).values_list(
+        "organisation_a_id", "organisation_b_id")
+    return frozenset(p for a, b in pairs for p in ((a, b), (b, a)))
+
+
+def trade_barred(*, buyer_id: int, supplier_id: int, related: frozenset[tuple[int, int]]) -> bool:
+    """An organisation never trades with itself, nor with one an admin marked as related."""
+    return buyer_id == supplier_id or (buyer_id, supplier_id) in related
 
 
 def api_key_list(*, organisation: Organisation) -> QuerySet[ApiKey]:

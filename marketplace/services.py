@@ -27,7 +27,8 @@ from .hours import current_hour_index, hour_index, hour_start, is_whole_hour
 from matching.engine.geo import region_allows
 
 from .models import (AIModel, Allocation, AllocationPart, ApiKey, ChipType, Interconnect, Listing,
-                     ListingHour, Membership, Node, Order, OrderChipOption, Organisation, Region, Role)
+                     ListingHour, Membership, Node, Order, OrderChipOption, Organisation, Region, RelatedParty, Role)
+from .selectors import related_parties, trade_barred
 
 MAX_LISTING_HOURS = 24 * 90
 MAX_PRICE_PER_CARD_HOUR = Decimal("100000")
@@ -45,6 +46,22 @@ def organisation_create(*, name: str, slug: str, is_supplier: bool = False, is_b
             raise ValidationFailed.on("home_region", f"Unknown region {home_region_code!r}.")
     return Organisation.objects.create(name=name, slug=slug, is_supplier=is_supplier, is_buyer=is_buyer,
                                        home_region=home)
+
+
+def related_party_create(*, organisation_ids: tuple[int, int], reason: str,
+                         created_by_id: int | None = None) -> RelatedParty:
+    """Mark two organisations as related (an admin's decision): from now on no round matches one's
+    order to the other's listing. Symmetric and idempotent: the pair is stored once, lower id first."""
+    a, b = sorted(organisation_ids)
+    if a == b:
+        raise ValidationFailed.on("organisation_b", "An organisation is always related to itself; pick another.")
+    if not reason.strip():
+        raise ValidationFailed.on("reason", "Say why they are related.")
+    if Organisation.objects.filter(pk__in=[a, b]).count() != 2:
+        raise ValidationFailed.on("organisation_b", "No such organisation.")
+    party, _ = RelatedParty.objects.get_or_create(organisation_a_id=a, organisation_b_id=b, defaults={
+        "reason": reason.strip()[:300], "created_by_id": created_by_id})
+    return party
 
 
 def member_create(*, organisation: Organisation, username: str, password: str, role: str = Role.OPERATOR,
@@ -378,6 +395,10 @@ def _check_claim(*, order: Order, listings: dict[int, Listing], cards_by_listing
     suppliers = {l.organisation_id for l in chosen}
     if len(chips) != 1 or len(suppliers) != 1:
         raise ValidationFailed.on("claims", "One allocation uses one chip type from one supplier.")
+    supplier_id = next(iter(suppliers))
+    if trade_barred(buyer_id=order.organisation_id, supplier_id=supplier_id,
+                    related=related_parties(organisation_ids=[order.organisation_id])):
+        raise ValidationFailed.on("claims", "The buyer and the supplier are one organisation or related parties.")
     if len(chosen) > 1:
         fabrics = {l.node.fabric_id for l in chosen}
         if order.placement != Order.Placement.SAME_FABRIC or len(fabrics) != 1 or "" in fabrics:

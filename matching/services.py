@@ -22,6 +22,7 @@ from marketplace.demand import order_region_rule, region_info
 from marketplace.hours import current_hour_index, hour_index
 from marketplace.models import (Allocation, AllocationPart, Listing, Node, Order, Organisation,
                                 Region)
+from marketplace.selectors import related_parties, trade_barred
 from marketplace.services import nodes_lock_shared
 
 from billing.services import (InsufficientFunds, MatchHold, allocation_hold_expiry, allocation_hold_place,
@@ -71,7 +72,8 @@ def round_run(*, bucket: str, round_id: str | None = None, price_rule: str | Non
     t0 = time.perf_counter()
     snapshot = load_snapshot(bucket, now=now)
     t1 = time.perf_counter()
-    params = EngineParams(excluded_pairs=snapshot.excluded_pairs, price_rule=price_rule or EngineParams.price_rule)
+    params = EngineParams(excluded_pairs=snapshot.excluded_pairs, related_parties=snapshot.related_parties,
+                          price_rule=price_rule or EngineParams.price_rule)
     result = run_engine(snapshot.supply, snapshot.demand, params)
     t2 = time.perf_counter()
     return round_persist(round_id=round_id, bucket=bucket, result=result, price_rule=params.price_rule,
@@ -133,6 +135,8 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
         orders = {o.pk: o for o in Order.objects.filter(pk__in=lockable).only(
             "pk", "kind", "organisation_id", "max_price_per_card_hour")}
         funds = buyer_funds_lock(organisation_ids={o.organisation_id for o in orders.values()})
+        # No self-dealing, checked again now: a related-party mark may be newer than the snapshot.
+        related = related_parties(organisation_ids={o.organisation_id for o in orders.values()})
         cost: dict[int, Decimal] = {}
         short: dict[int, dict] = {}
 
@@ -150,6 +154,8 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
             if not ok:
                 continue
             buyer = orders[order_id].organisation_id
+            if any(trade_barred(buyer_id=buyer, supplier_id=listing_rows[l][2], related=related) for l, _ in parts):
+                continue
             needed = allocation_max_cost(order=orders[order_id], cards=int(result.cards[i]), hours=len(hours))
             if funds[buyer] < needed:
                 short[order_id] = {"needed": needed, "available": funds[buyer]}
@@ -292,7 +298,7 @@ def _token_round(*, round_id: str, now=None) -> RoundOutcome:
     infos = {r.pk: region_info(r, by_id) for r in regions}
     endpoints = [TokenEndpointOffer(listing_id=l.pk, model_id=l.token_model_id, region=infos[l.node.region_id],
                                     input_hit=l.price_input_hit_per_m, input_miss=l.price_input_miss_per_m,
-                                    output=l.price_output_per_m)
+                                    output=l.price_output_per_m, supplier=l.organisation_id)
                  for l in Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=False,
                                                  node__status=Node.Status.ACTIVE, end__gt=now).select_related("node")]
     orders = list(Order.objects.filter(status=Order.Status.OPEN, kind=Order.Kind.TOKENS)
@@ -303,8 +309,8 @@ def _token_round(*, round_id: str, now=None) -> RoundOutcome:
                                     input_tokens=o.expected_input_tokens or 0, output_tokens=o.expected_output_tokens or 0,
                                     cache_hit_ratio=o.expected_cache_hit_ratio or Decimal(0),
                                     max_input_hit=o.max_price_input_hit_per_m, max_input_miss=o.max_price_input_miss_per_m,
-                                    max_output=o.max_price_output_per_m))
-    pairs = match_tokens(specs, endpoints)
+                                    max_output=o.max_price_output_per_m, buyer=o.organisation_id))
+    pairs = match_tokens(specs, endpoints, related_parties(organisation_ids={o.organisation_id for o in orders}))
     count = 0
     with transaction.atomic():
         if MatchRound.objects.select_for_update().filter(round_id=round_id).exists():
@@ -319,11 +325,14 @@ def _token_round(*, round_id: str, now=None) -> RoundOutcome:
         orders = {o.pk: o for o in Order.objects.select_for_update(skip_locked=True).filter(
             pk__in=[p[0] for p in pairs], status=Order.Status.OPEN).order_by("pk")}
         buyer_funds_lock(organisation_ids={o.organisation_id for o in orders.values()})
+        related = related_parties(organisation_ids={o.organisation_id for o in orders.values()})
         now_hour = current_hour_index(now)
         for order_id, listing_id in sorted(pairs):
             order = orders.pop(order_id, None)
             listing = listings[listing_id]
-            if order is None or listing.status != Listing.Status.ACTIVE or listing.node_id not in live_nodes:
+            if (order is None or listing.status != Listing.Status.ACTIVE or listing.node_id not in live_nodes
+                    or trade_barred(buyer_id=order.organisation_id, supplier_id=listing.organisation_id,
+                                    related=related)):
                 continue
             try:
                 with transaction.atomic():  # a savepoint: a buyer short of funds rolls back alone

@@ -17,6 +17,7 @@ from django.utils.text import slugify
 from marketplace.demand import region_info, region_rule
 from marketplace.hours import current_hour_index, hour_index
 from marketplace.models import Allocation, ChipType, Listing, Node, Order, Region
+from marketplace.selectors import related_parties
 from matching.engine.geo import RegionRule, region_allows
 from matching.engine.types import (ANY_INTERCONNECT, INTERCONNECTS, SAME_FABRIC, SINGLE_NODE, DemandBook,
                                    SupplyBook, interconnect_mask, to_micro)
@@ -31,6 +32,7 @@ class Snapshot:
     supply: SupplyBook
     demand: DemandBook
     excluded_pairs: frozenset[tuple[int, int]] = frozenset()
+    related_parties: frozenset[tuple[int, int]] = frozenset()
     listing_node: dict[int, int] = field(default_factory=dict)
     listing_supplier: dict[int, int] = field(default_factory=dict)
 
@@ -148,9 +150,11 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
                             for r in demand_rows], dtype=np.int8),
         rule=np.array(o_rule, dtype=np.int32), opt_ptr=np.array(opt_ptr, dtype=np.int64),
         opt_chip=np.array(opt_chip, dtype=np.int32), opt_cards=np.array(opt_cards, dtype=np.int16), allowed=allowed,
+        buyer=np.array([r["organisation_id"] for r in demand_rows], dtype=np.int64),
     )
     excluded = _excluded_pairs(demand.order_id)
-    return Snapshot(bucket=bucket, supply=supply, demand=demand, excluded_pairs=excluded,
+    related = related_parties(organisation_ids=set(demand.buyer.tolist()))
+    return Snapshot(bucket=bucket, supply=supply, demand=demand, excluded_pairs=excluded, related_parties=related,
                     listing_node={int(r[0]): int(r[1]) for r in rows},
                     listing_supplier={int(r[0]): int(r[2]) for r in rows})
 
@@ -164,7 +168,7 @@ def _open_orders(chip_ids: set[int]) -> list[dict]:
                   .exclude(pk__in=live).distinct().order_by("pk")
                   .values("id", "duration_hours", "earliest_start", "latest_end", "max_price_per_card_hour",
                           "interconnects", "placement", "region_policy", "center_lat", "center_lon", "radius_km",
-                          "organisation__home_region_id"))
+                          "organisation_id", "organisation__home_region_id"))
     if not orders:
         return []
     ids = [o["id"] for o in orders]

@@ -35,12 +35,7 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
     supply = _permute(supply, layout)
     ix = _Indexes(supply, demand, baseline=baseline)
 
-    excl = np.zeros(0, dtype=np.int64)
-    if params.excluded_pairs:
-        o_index = {int(o): i for i, o in enumerate(demand.order_id)}
-        l_index = {int(l): i for i, l in enumerate(supply.listing_id)}
-        excl = np.array(sorted(o_index[o] * n_list + l_index[l] for o, l in params.excluded_pairs
-                               if o in o_index and l in l_index), dtype=np.int64)
+    excl = _exclusions(supply, demand, params)
 
     free = supply.free.astype(np.int32, copy=True)
     o = {name: _i64(getattr(demand, name)) for name in
@@ -75,6 +70,37 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
 
     return _result(supply, demand, params, out_start, part_order[:n_parts], part_listing[:n_parts],
                    part_cards[:n_parts])
+
+
+def _exclusions(supply: SupplyBook, demand: DemandBook, params: EngineParams) -> np.ndarray:
+    """The (order, listing) pairs the kernel skips, as sorted keys ``order * n_list + listing``
+    (indexes into the laid-out books): pairs an admin rejected, and every listing of the buyer's
+    own organisation or of one related to it (no self-dealing)."""
+    n_list = supply.size
+    keys = []
+    if params.excluded_pairs:
+        o_index = {int(o): i for i, o in enumerate(demand.order_id)}
+        l_index = {int(l): i for i, l in enumerate(supply.listing_id)}
+        keys.append(np.array([o_index[o] * n_list + l_index[l] for o, l in params.excluded_pairs
+                              if o in o_index and l in l_index], dtype=np.int64))
+    if demand.buyer is not None:
+        related: dict[int, list[int]] = {}
+        for one, other in params.related_parties:
+            related.setdefault(int(one), []).append(int(other))
+        by_supplier = np.argsort(supply.supplier, kind="stable")
+        sellers, first = np.unique(supply.supplier[by_supplier], return_index=True)
+        bounds = np.append(first, n_list)
+        listings_of = {int(s): by_supplier[bounds[k]:bounds[k + 1]].astype(np.int64) for k, s in enumerate(sellers)}
+        # Only an order whose buyer also sells here, or has a related party, can be barred.
+        barred = np.flatnonzero(np.isin(demand.buyer, np.array(list(listings_of) + list(related), dtype=np.int64)))
+        for i in barred.tolist():
+            buyer = int(demand.buyer[i])
+            for org in (buyer, *related.get(buyer, ())):
+                if org in listings_of:
+                    keys.append(i * n_list + listings_of[org])
+    if not keys:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(keys)).astype(np.int64)
 
 
 def opening_best(supply: SupplyBook, demand: DemandBook) -> np.ndarray:

@@ -85,6 +85,9 @@ class DemandBook:
     opt_cards: np.ndarray  # int16 [K]
     allowed: np.ndarray  # bool [R_rules, R_regions]
     bucket: np.ndarray | None = None  # int32 [O], for bucket-level pricing; 0 if None
+    # The ordering organisation: never matched to its own listings (SupplyBook.supplier) nor to
+    # those of an organisation related to it (EngineParams.related_parties). None: not checked.
+    buyer: np.ndarray | None = None  # int64 [O]
 
     @property
     def size(self) -> int:
@@ -98,6 +101,9 @@ class EngineParams:
     fit_band: float = 0.01
     # Rejected (order_id, listing_id) pairs: an admin said no, so the engine never proposes them again.
     excluded_pairs: frozenset[tuple[int, int]] = frozenset()
+    # (organisation, organisation) pairs an admin marked as related, in both directions: an
+    # order of one is never matched to a listing of the other (with DemandBook.buyer).
+    related_parties: frozenset[tuple[int, int]] = frozenset()
     price_rule: str = "uniform_clipped"
 
 
