@@ -14,18 +14,20 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def world(client_for):
-    """Org A (supplier and buyer) with a node, listing, order, allocation and key; org B, a stranger."""
+    """Org A (supplier and buyer) with a node, listing, order, allocation (bought from supplier D:
+    nobody trades with itself) and key; org B, a stranger."""
     a = client_for(is_supplier=True, is_buyer=True)
     b = client_for(is_supplier=True, is_buyer=True)
     node = NodeFactory(organisation=a.organisation)
     listing = make_listing(node)
+    sold = make_listing(NodeFactory(organisation=client_for(is_supplier=True, is_buyer=False).organisation))
     response = a.post("/api/v1/orders", card_hours_body(), format="json")
     assert response.status_code == 201
     order = Order.objects.get(pk=response.json()["id"])
     second = Order.objects.get(pk=a.post("/api/v1/orders", card_hours_body(), format="json").json()["id"])
-    allocation = lifecycle.slots_reserve(order_id=second.pk, claims=[services.SlotClaim(listing.pk, 4)],
-                                         start_hour=listing.hours.first().hour, end_hour=listing.hours.first().hour + 3,
-                                         price_per_card_hour=listing.ask_per_card_hour)
+    allocation = lifecycle.slots_reserve(order_id=second.pk, claims=[services.SlotClaim(sold.pk, 4)],
+                                         start_hour=sold.hours.first().hour, end_hour=sold.hours.first().hour + 3,
+                                         price_per_card_hour=sold.ask_per_card_hour)
     key = a.organisation.api_keys.first()
     return {"a": a, "b": b, "node": node, "listing": listing, "order": order, "allocation": allocation, "key": key}
 
