@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from billing.models import AllocationMeter, Charge, Hold
@@ -101,14 +101,18 @@ def slots_reserve(*, order_id: int, claims: list[SlotClaim], start_hour: int, en
 
 # --- review -----------------------------------------------------------------------------------
 
-def review_approve(*, review_id: int, admin_user_id: int, reason: str = "") -> MatchReview:
-    """Confirm a flagged match: the allocation stands and its order is matched."""
+def review_deadline(*, review: MatchReview) -> datetime:
+    """When a flagged match expires undecided: its allocation's first hour, or
+    ``REVIEW_TIMEOUT_HOURS`` after the round flagged it, whichever is first."""
+    timeout = timedelta(hours=settings.SANDUISAN["REVIEW_TIMEOUT_HOURS"])
+    return min(hour_start(review.allocation.start_hour), review.created_at + timeout)
+
+
+def review_approve(*, review_id: int, admin_user_id: int, reason: str = "", now: datetime | None = None) -> MatchReview:
+    """Confirm a flagged match: the allocation stands and its order is matched. 409 once the
+    match is decided, withdrawn or past its deadline (``review_expired``)."""
     with transaction.atomic():
-        review = _review_for_decision(review_id)
-        order = Order.objects.select_for_update().get(pk=review.allocation.order_id)
-        allocation = Allocation.objects.select_for_update().get(pk=review.allocation_id)
-        if allocation.status != Allocation.Status.PENDING_REVIEW or order.status != Order.Status.OPEN:
-            raise InvalidTransition("This match is no longer waiting for review.")
+        order, allocation, review = _review_for_decision(review_id, now=now or timezone.now())
         allocation.status = Allocation.Status.CONFIRMED
         allocation.save(update_fields=["status", "updated_at"])
         order.status = Order.Status.MATCHED
@@ -116,33 +120,90 @@ def review_approve(*, review_id: int, admin_user_id: int, reason: str = "") -> M
         return _decide(review, MatchReview.Status.APPROVED, admin_user_id, reason)
 
 
-def review_reject(*, review_id: int, admin_user_id: int, reason: str) -> MatchReview:
+def review_reject(*, review_id: int, admin_user_id: int, reason: str, now: datetime | None = None) -> MatchReview:
     """Refuse a flagged match: its capacity goes back on sale, the order returns to the book, and
-    the engine never proposes this order on these listings again."""
+    the engine never proposes this order on these listings again. 409 as for approval."""
     if not reason or not reason.strip():
         raise ValidationFailed.on("reason", "Say why the match is rejected.")
     with transaction.atomic():
-        review = _review_for_decision(review_id)
-        order = Order.objects.select_for_update().get(pk=review.allocation.order_id)
-        if review.allocation.status != Allocation.Status.PENDING_REVIEW:
-            raise InvalidTransition("This match is no longer waiting for review.")
-        allocation_release_locked(allocation_id=review.allocation_id)
-        allocation_settle(allocation_id=review.allocation_id, final=True)  # the hold returns to the buyer
+        order, allocation, review = _review_for_decision(review_id, now=now or timezone.now())
+        allocation_release_locked(allocation_id=allocation.pk)
+        allocation_settle(allocation_id=allocation.pk, final=True)  # the hold returns to the buyer
         RejectedPairing.objects.bulk_create(
             [RejectedPairing(order=order, listing_id=p.listing_id, review=review)
-             for p in review.allocation.parts.all()], ignore_conflicts=True)
+             for p in allocation.parts.all()], ignore_conflicts=True)
         decided = _decide(review, MatchReview.Status.REJECTED, admin_user_id, reason)
     transaction.on_commit(lambda: schedule_rounds_for_order(order_id=order.pk), robust=True)
     return decided
 
 
-def _review_for_decision(review_id: int) -> MatchReview:
-    review = MatchReview.objects.select_for_update().select_related("allocation").filter(pk=review_id).first()
-    if review is None:
+def review_expire(*, review_id: int, now: datetime | None = None) -> MatchReview | None:
+    """Expire one flagged match past its deadline: its slots go back on sale, its hold returns to
+    the buyer, and its order (still open) goes back to the book. None when it was decided meanwhile
+    or is not due yet (idempotent)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = _review_locked(review_id)
+        if locked is None:
+            return None
+        order, allocation, review = locked
+        if review.status != MatchReview.Status.PENDING or now < review_deadline(review=review):
+            return None
+        allocation_release_locked(allocation_id=allocation.pk)
+        allocation_settle(allocation_id=allocation.pk, now=now, final=True)
+        order.status_reason = "the match was not reviewed in time; back in the book"
+        order.save(update_fields=["status_reason", "updated_at"])
+        review.status, review.decided_at = MatchReview.Status.EXPIRED, now
+        review.decision_reason = f"not decided by {review_deadline(review=review).isoformat()}"
+        review.save(update_fields=["status", "decided_at", "decision_reason"])
+    transaction.on_commit(lambda: schedule_rounds_for_order(order_id=order.pk), robust=True)
+    return review
+
+
+def reviews_expire_due(*, now: datetime | None = None) -> int:
+    """Expire every flagged match whose deadline has passed (``review_deadline``). Idempotent;
+    each in its own transaction, and one that fails is logged and left for the next run. Returns
+    how many expired."""
+    now = now or timezone.now()
+    timeout = timedelta(hours=settings.SANDUISAN["REVIEW_TIMEOUT_HOURS"])
+    due = (MatchReview.objects.filter(status=MatchReview.Status.PENDING)
+           .filter(Q(allocation__start_hour__lte=current_hour_index(now)) | Q(created_at__lte=now - timeout))
+           .order_by("pk").values_list("pk", flat=True))
+    expired = 0
+    for pk in due:
+        with sweep_item("expire review", pk):
+            expired += review_expire(review_id=pk, now=now) is not None
+    return expired
+
+
+def _review_locked(review_id: int) -> tuple[Order, Allocation, MatchReview] | None:
+    """The review's order, allocation and the review itself, locked in the global order (order
+    first, as a node failure that withdraws the review takes them)."""
+    found = MatchReview.objects.filter(pk=review_id).values_list("allocation__order_id", "allocation_id").first()
+    if found is None:
+        return None
+    order = Order.objects.select_for_update().get(pk=found[0])
+    allocation = Allocation.objects.select_for_update().get(pk=found[1])
+    review = MatchReview.objects.select_for_update().select_related("allocation").get(pk=review_id)
+    return order, allocation, review
+
+
+def _review_for_decision(review_id: int, *, now: datetime) -> tuple[Order, Allocation, MatchReview]:
+    locked = _review_locked(review_id)
+    if locked is None:
         raise NotFound("No such review.")
+    order, allocation, review = locked
+    if review.status == MatchReview.Status.EXPIRED:
+        raise InvalidTransition("This match expired undecided; its order went back to the book.", code="review_expired")
     if review.status != MatchReview.Status.PENDING:
         raise InvalidTransition(f"This match was already {review.status}.")
-    return review
+    if allocation.status != Allocation.Status.PENDING_REVIEW or order.status != Order.Status.OPEN:
+        raise InvalidTransition("This match is no longer waiting for review.")
+    deadline = review_deadline(review=review)
+    if now >= deadline:
+        raise InvalidTransition(f"This match had to be decided by {deadline.isoformat()}; it expires and its order "
+                                "goes back to the book.", code="review_expired")
+    return order, allocation, review
 
 
 def _decide(review: MatchReview, status: str, admin_user_id: int, reason: str) -> MatchReview:

@@ -528,9 +528,10 @@ class AllocationOutput(serializers.ModelSerializer):
         return [{"node": p.node_id, "name": p.node.name, "cards": p.cards} for p in a.parts.all()]
 
     def get_workload(self, a: Allocation) -> dict | None:
-        # The buyer always sees its own workload; the supplier only while the match stands.
+        # The buyer always sees its own workload; the supplier only once the match is confirmed
+        # (not while it waits for review, nor after it was released).
         org = self.context["organisation"]
-        visible = a.order.organisation_id == org.pk or a.status != Allocation.Status.RELEASED
+        visible = a.order.organisation_id == org.pk or a.status in Allocation.SUPPLIER_SEES_WORKLOAD
         if not visible:
             return None
         return {"image": a.order.workload_image, "command": a.order.workload_command,

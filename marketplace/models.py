@@ -402,6 +402,9 @@ class Allocation(models.Model):
         INTERRUPTED = "interrupted"  # the supplier failed while it ran; the rest was re-matched
 
     ACTIVE = (Status.PENDING_REVIEW, Status.CONFIRMED, Status.RUNNING)
+    # The supplier sees the buyer's workload only once the match is confirmed (not under review,
+    # nor after a release).
+    SUPPLIER_SEES_WORKLOAD = (Status.CONFIRMED, Status.RUNNING, Status.COMPLETED, Status.INTERRUPTED)
 
     order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="allocations")
     supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="supplied_allocations")

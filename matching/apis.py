@@ -1,7 +1,9 @@
 """Matching HTTP API: explain for buyers, failure reports for suppliers, review for admins."""
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from datetime import datetime
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -77,11 +79,16 @@ class ReviewOutput(serializers.ModelSerializer):
     cards = serializers.IntegerField(source="allocation.cards")
     hours = serializers.SerializerMethodField()
     decided_by = serializers.CharField(source="decided_by.username", default=None)
+    decide_by = serializers.SerializerMethodField(help_text="after this the match expires undecided")
 
     class Meta:
         model = MatchReview
         fields = ["id", "allocation", "order", "buyer", "supplier", "allocation_status", "price_per_card_hour",
-                  "cards", "hours", "reasons", "status", "decided_by", "decided_at", "decision_reason", "created_at"]
+                  "cards", "hours", "reasons", "status", "decide_by", "decided_by", "decided_at", "decision_reason",
+                  "created_at"]
+
+    def get_decide_by(self, review: MatchReview) -> datetime:
+        return lifecycle.review_deadline(review=review)
 
     def get_hours(self, review: MatchReview) -> int:
         return review.allocation.end_hour - review.allocation.start_hour
@@ -107,10 +114,15 @@ class ReviewDetailApi(APIView):
         return Response(ReviewOutput(review).data)
 
 
+REVIEW_CLOSED = OpenApiResponse(description="already decided or withdrawn (invalid_transition), or past its "
+                                            "deadline (review_expired)")
+
+
 class ReviewApproveApi(APIView):
     permission_classes = [IsPlatformAdmin]
 
-    @extend_schema(request=ReasonInput, responses=ReviewOutput)
+    @extend_schema(request=ReasonInput, responses={200: ReviewOutput, 404: OpenApiResponse(description="no such review"),
+                                                   409: REVIEW_CLOSED})
     def post(self, request, review_id: int):
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
@@ -125,7 +137,8 @@ class ReviewRejectApi(APIView):
     class RejectInput(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
 
-    @extend_schema(request=RejectInput, responses=ReviewOutput)
+    @extend_schema(request=RejectInput, responses={200: ReviewOutput, 404: OpenApiResponse(description="no such review"),
+                                                   409: REVIEW_CLOSED})
     def post(self, request, review_id: int):
         data = self.RejectInput(data=request.data or {})
         data.is_valid(raise_exception=True)

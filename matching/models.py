@@ -63,6 +63,7 @@ class MatchReview(models.Model):
         APPROVED = "approved"
         REJECTED = "rejected"
         WITHDRAWN = "withdrawn"  # the order was cancelled or the node failed before a decision
+        EXPIRED = "expired"  # nobody decided before the allocation would start (or the review timeout)
 
     allocation = models.OneToOneField(Allocation, on_delete=models.PROTECT, related_name="review")
     reasons = models.JSONField(default=list)

@@ -135,6 +135,7 @@ CELERY_BEAT_SCHEDULE = {
     "matching-rounds": {"task": "matching.run_all_rounds", "schedule": 60.0},
     "holds-expire": {"task": "billing.holds_expire", "schedule": 60.0},
     "allocations-close-due": {"task": "lifecycle.allocations_close_due", "schedule": 60.0},
+    "reviews-expire-due": {"task": "lifecycle.reviews_expire_due", "schedule": 60.0, "options": {"expires": 55}},
     "settle-due": {"task": "billing.settle_due", "schedule": 300.0},
     "invoices-monthly": {"task": "billing.invoices_issue_monthly", "schedule": crontab(minute=30, hour=0, day_of_month=1)},
 }
@@ -202,6 +203,9 @@ SANDUISAN = {
     "HEARTBEAT_GRACE_SECONDS": int(os.environ.get("SANDUISAN_HEARTBEAT_GRACE_SECONDS", "300")),
     "HOLD_GRACE_HOURS": 24,
     "RELIABILITY_PRIOR_CARD_HOURS": 100,
+    # A flagged match not decided within this many hours of the round (or before its allocation
+    # would start, whichever is first) expires: its slots and hold are released (README "Review").
+    "REVIEW_TIMEOUT_HOURS": float(os.environ.get("SANDUISAN_REVIEW_TIMEOUT_HOURS", "12")),
     # Crash tests only: hold a round's transaction open this long before it commits.
     "PERSIST_PAUSE_SECONDS": float(os.environ.get("SANDUISAN_PERSIST_PAUSE_SECONDS", "0")),
 }
