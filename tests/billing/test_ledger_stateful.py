@@ -15,6 +15,13 @@ ValidationFailed, exactly as predicted) must change nothing. After every step:
   (stored once per event id), charges (they agree with their transfers) and invoices (subtotal,
   fen total and rounding) agree with the model.
 
+Adversaries (issue 9): an organisation that buys and sells orders its own capacity and its
+related party's tokens (never matched, no money moves); the supplier's nodes fail under running
+card-hour jobs (the buyer pays the whole hours delivered, and a credit capped at that comes out of
+the supplier's payable, then its receivable, repaid from its next earnings). Invariants: the
+platform's accounts never fund a credit, no allocation joins an organisation with itself or a
+related party, and the books balance after every step.
+
 Two bugs it found are pinned by the regression tests at the end (the machine leaves those two
 cases to them).
 """
@@ -26,6 +33,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 import hypothesis
 import pytest
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
@@ -36,8 +44,15 @@ from billing import invoicing, settlement, services
 from billing.metering import UsageIn, usage_record_batch
 from billing.models import Account, Charge, Entry, Hold, Invoice, InvoiceLine, Transfer, UsageEvent
 from config.errors import Conflict, ValidationFailed
+from lifecycle import services as lifecycle
+from marketplace import services as market
+from marketplace.hours import hour_start
+from marketplace.models import Allocation, RelatedParty
+from matching import services as matching
 
-from tests.factories import OrganisationFactory
+from tests.factories import NodeFactory, OrganisationFactory, make_listing
+from tests.marketplace.helpers import tokens_body
+from tests.matching.helpers import post_order
 
 from .helpers import token_allocation
 
@@ -47,6 +62,7 @@ SCALE = Decimal("0.000000000001")
 FEN = Decimal("0.01")
 ZERO = Decimal(0)
 WALLET, HELD, PAYABLE = Account.Kind.BUYER_WALLET, Account.Kind.BUYER_HELD, Account.Kind.SUPPLIER_PAYABLE
+RECEIVABLE = Account.Kind.SUPPLIER_RECEIVABLE
 COMMISSION, ROUNDING, EXTERNAL = (Account.Kind.PLATFORM_COMMISSION, Account.Kind.PLATFORM_ROUNDING,
                                   Account.Kind.EXTERNAL)
 # Buyer 0 starts with exactly its token allocation's 32.25 hold, so its wallet is empty.
@@ -99,18 +115,28 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.supplier_org = OrganisationFactory(is_supplier=True, is_buyer=False)
             self.supplier = self.supplier_org.pk
             self.buyers, self.allocations, self.prices = [], {}, {}
-            self.flows = {}  # buyer -> top-ups, refunds, rounding credits, charged
+            self.clients = {}  # buyer -> its API client
+            self.flows = {}  # buyer -> top-ups, refunds, rounding credits, service credits, charged
             for seed in SEED_FUNDS:
                 client = client_for(is_supplier=False, is_buyer=True, funds=0)
                 buyer = client.organisation.pk
+                self.clients[buyer] = client
                 services.wallet_top_up(organisation_id=buyer, amount=seed, reference=f"seed:{buyer}")
                 allocation = token_allocation(self.supplier_org, client)
                 self.buyers.append(buyer)
                 self.allocations[buyer] = allocation.pk
                 self.prices[allocation.pk] = (allocation.price_input_hit_per_m, allocation.price_input_miss_per_m,
                                               allocation.price_output_per_m)
-                self.flows[buyer] = {"top_ups": seed, "refunds": ZERO, "rounding": ZERO, "charged": ZERO}
+                self.flows[buyer] = {"top_ups": seed, "refunds": ZERO, "rounding": ZERO, "credits": ZERO,
+                                     "charged": ZERO}
             self.buyer_of = {a: b for b, a in self.allocations.items()}
+            # The adversary: buys and sells (8 cards listed for a day at 5) and shares an owner with
+            # the token supplier.
+            self.dual = client_for(is_supplier=True, is_buyer=True, funds=1000)
+            make_listing(NodeFactory(organisation=self.dual.organisation), ask="5")
+            market.related_party_create(organisation_ids=(self.dual.organisation.pk, self.supplier),
+                                        reason="same owner")
+            self.credit_rate = Decimal(settings.SANDUISAN["SERVICE_CREDIT_RATE"])
             self.accounts = {(a.organisation_id, a.kind): a.balance for a in Account.objects.all()}
             self.holds = {h.pk: {"org": h.organisation_id, "amount": h.amount, "posted": h.posted_amount,
                                  "status": h.status, "expires_at": h.expires_at, "allocation": h.allocation_id,
@@ -166,9 +192,12 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             hold["status"] = Hold.Status.POSTED if hold["posted"] else Hold.Status.VOIDED
 
         def capture(self, buyer, from_hold, from_wallet, amount, fee, hold=None) -> None:
+            """A charge: what the supplier owes (its receivable) is repaid from its share first."""
+            repay = min(amount - fee, max(ZERO, -self.balance(self.supplier, RECEIVABLE)))
             self.move(buyer, HELD, -from_hold)
             self.move(buyer, WALLET, -from_wallet)
-            self.move(self.supplier, PAYABLE, amount - fee)
+            self.move(self.supplier, PAYABLE, amount - fee - repay)
+            self.move(self.supplier, RECEIVABLE, repay)
             self.move(None, COMMISSION, fee)
             self.flows[buyer]["charged"] += amount
             if hold is not None:
@@ -484,6 +513,85 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.move(None, EXTERNAL, paid)
             self.move(None, ROUNDING, remainder)
 
+        # --- adversaries: self-dealing and failures ------------------------------------------------
+
+        @rule(kind=st.sampled_from(["card_hours", "tokens"]))
+        def trade_with_itself(self, kind):
+            """The organisation that buys and sells orders its own cards, or its related party's
+            tokens, and a round runs: the pair is never matched and no money moves."""
+            before = fingerprint()
+            if kind == "card_hours":
+                order_id = post_order(self.dual, max_price_per_card_hour="9").pk
+                outcome = matching.round_run(bucket="*:*")
+            else:
+                response = self.dual.post("/api/v1/orders", tokens_body(), format="json")
+                assert response.status_code == 201, response.content
+                order_id = response.json()["id"]
+                outcome = matching.round_run(bucket="tokens")
+            assert outcome.matches == 0 and not Allocation.objects.filter(order_id=order_id).exists()
+            assert fingerprint() == before
+
+        @rule(data=st.data())
+        def card_job_fails(self, data):
+            """A buyer rents 1-2 cards for 3 hours; the supplier runs the job and the node fails
+            ``minute`` minutes in. The buyer pays the whole hours before the failed one; its credit
+            (SERVICE_CREDIT_RATE of the lost hours' value, at most what it paid) comes out of the
+            supplier's payable, the rest into its receivable; the reopened order is then cancelled."""
+            buyer = self.buyers[data.draw(st.integers(0, 1), label="buyer")]
+            price = data.draw(st.sampled_from([Decimal("1.5"), Decimal("2"), Decimal("3.333333")]), label="price")
+            cards = data.draw(st.integers(1, 2), label="cards")
+            minute = data.draw(st.integers(0, 179), label="minute")
+            node = NodeFactory(organisation=self.supplier_org, card_count=cards)
+            listing = make_listing(node, hours=3, ask=str(price))
+            first = listing.hours.order_by("hour").first().hour
+            client = self.clients[buyer]
+            order = post_order(client, cards=cards, duration_hours=3, window_hours=3, max_price_per_card_hour=str(price))
+            held = exact(price * cards * 3)
+            call = partial(lifecycle.slots_reserve, order_id=order.pk, claims=[market.SlotClaim(listing.pk, cards)],
+                           start_hour=first, end_hour=first + 3, price_per_card_hour=price)
+            if held > self.balance(buyer, WALLET):
+                self.refused(services.InsufficientFunds, call)
+                lifecycle.order_cancel(organisation=client.organisation, order_id=order.pk)
+                market.listing_withdraw(organisation=self.supplier_org, listing_id=listing.pk)
+                return
+            allocation = call()
+            row = Hold.objects.get(allocation=allocation)
+            hold = self.holds[row.pk] = {"org": buyer, "amount": held, "posted": ZERO, "status": Hold.Status.PENDING,
+                                         "expires_at": row.expires_at, "allocation": allocation.pk,
+                                         "reference": row.reference}
+            self.move(buyer, WALLET, -held)
+            self.move(buyer, HELD, held)
+            start = hour_start(first)
+            lifecycle.allocation_start(organisation=self.supplier_org, allocation_id=allocation.pk, now=start)
+            for beat in range(5, minute, 5):
+                lifecycle.allocation_heartbeat(organisation=self.supplier_org, allocation_id=allocation.pk,
+                                               now=start + timedelta(minutes=beat))
+            lifecycle.node_fail(node_id=node.pk, organisation=self.supplier_org, now=start + timedelta(minutes=minute))
+            # the model: whole hours before the failed one are charged, the rest of the hold returns
+            hours = minute // 60
+            paid = exact(price * cards * hours)
+            fee = exact(paid * self.rate)
+            if paid:
+                self.capture(buyer, paid, ZERO, paid, fee, hold)
+            self.release(hold)
+            credit = min(exact(price * cards * (3 - hours) * self.credit_rate), paid)
+            if credit:
+                from_payable = min(credit, self.balance(self.supplier, PAYABLE))
+                self.move(self.supplier, PAYABLE, -from_payable)
+                self.move(self.supplier, RECEIVABLE, -(credit - from_payable))
+                self.move(buyer, WALLET, credit)
+                self.flows[buyer]["credits"] += credit
+            new = list(Charge.objects.filter(pk__gt=self.last_charge).order_by("pk"))
+            assert [(c.kind, c.amount, c.commission, c.supplier_id) for c in new] == (
+                [(Charge.Kind.CARD_HOURS, paid, fee, self.supplier)] if paid else []) + (
+                [(Charge.Kind.SERVICE_CREDIT, -credit, ZERO, self.supplier)] if credit else [])
+            for charge in new:
+                self.charges[charge.pk] = {"buyer": buyer, "kind": charge.kind, "amount": charge.amount,
+                                           "commission": charge.commission, "usage_to": charge.usage_to,
+                                           "refunded": ZERO, "invoiced": False, "stated": False}
+                self.last_charge = charge.pk
+            lifecycle.order_cancel(organisation=client.organisation, order_id=order.pk)  # no more rounds for it
+
         # --- invoices and statements -----------------------------------------------------------
 
         @rule(data=st.data())
@@ -552,7 +660,7 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 assert actual.get(key, ZERO) == self.accounts.get(key, ZERO), key
             for buyer, flow in self.flows.items():
                 assert (actual.get((buyer, WALLET), ZERO) + actual.get((buyer, HELD), ZERO)
-                        == flow["top_ups"] + flow["refunds"] + flow["rounding"] - flow["charged"]), buyer
+                        == flow["top_ups"] + flow["refunds"] + flow["rounding"] + flow["credits"] - flow["charged"]), buyer
 
         @invariant()
         def holds_match_model(self):
@@ -568,6 +676,25 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             assert len(self.holds) == Hold.objects.count()
             for buyer, amount in held.items():
                 assert balances.get(buyer, ZERO) == amount, buyer
+
+        @invariant()
+        def the_platform_never_funds_a_credit(self):
+            """Credits are paid from the failing supplier's payable or receivable only, and never
+            exceed what the buyer paid for that allocation."""
+            assert not Account.objects.filter(kind=Account.Kind.PLATFORM_CREDITS).exclude(balance=0).exists()
+            assert not Entry.objects.filter(transfer__kind="service_credit", amount__lt=0).exclude(
+                account__kind__in=(PAYABLE, RECEIVABLE)).exists()
+            for credit in Charge.objects.filter(kind=Charge.Kind.SERVICE_CREDIT):
+                paid = Charge.objects.filter(allocation_id=credit.allocation_id).exclude(
+                    kind=Charge.Kind.SERVICE_CREDIT).aggregate(s=Sum("amount"))["s"] or ZERO
+                assert 0 < -credit.amount <= paid
+            assert not Account.objects.filter(kind=RECEIVABLE, balance__gt=0).exists()
+
+        @invariant()
+        def nobody_trades_with_itself_or_a_related_party(self):
+            related = set(RelatedParty.objects.values_list("organisation_a_id", "organisation_b_id"))
+            for buyer, supplier in Allocation.objects.values_list("order__organisation_id", "supplier_id"):
+                assert buyer != supplier and (min(buyer, supplier), max(buyer, supplier)) not in related
 
         @invariant()
         def usage_events_match_model(self):
@@ -587,7 +714,8 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             for transfer_id, amount in booked.items():
                 assert amount == -buyer_side.get(transfer_id, ZERO), Transfer.objects.get(pk=transfer_id).kind
             for charge in self.charges.values():
-                assert 0 <= charge["refunded"] <= charge["amount"] or charge["kind"] == Charge.Kind.REFUND
+                assert 0 <= charge["refunded"] <= charge["amount"] or charge["kind"] in (Charge.Kind.REFUND,
+                                                                                         Charge.Kind.SERVICE_CREDIT)
 
         @invariant()
         def invoices_add_up(self):
