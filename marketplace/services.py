@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from config.errors import CapacityUnavailable, Conflict, InvalidTransition, NotFound, ValidationFailed
 
 from .authentication import KEY_SCHEME, hash_key
-from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, order_region_rule, region_info, regions_by_id,
-                     resolve_card_hours, resolve_tokens)
+from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, catalogue_load, order_region_rule, region_info,
+                     regions_by_id, resolve_card_hours, resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start, is_whole_hour
 from billing.services import allocation_hold_place
 from billing.settlement import allocation_settle
@@ -264,6 +264,44 @@ def order_create_card_hours(*, organisation: Organisation, demand: CardHoursDema
         return order
 
 
+def orders_create_card_hours(*, orders: Sequence[tuple[Organisation, CardHoursDemand]],
+                             now=None) -> list[Order | ValidationFailed]:
+    """``order_create_card_hours`` for many orders in one transaction and three inserts (a burst
+    of arrivals, a bulk import). Each order is validated alone: one that fails is answered by its
+    ``ValidationFailed`` at its position and the others are created."""
+    out: list[Order | ValidationFailed] = []
+    resolved = []
+    catalogue = catalogue_load()
+    for organisation, demand in orders:
+        try:
+            _check_price(demand.max_price_per_card_hour, "max_price_per_card_hour", MAX_PRICE_PER_CARD_HOUR)
+            resolved.append(resolve_card_hours(demand, organisation=organisation, now=now, catalogue=catalogue))
+            out.append(Order(
+                organisation=organisation, kind=Order.Kind.CARD_HOURS, chip_rule=resolved[-1].chip_rule,
+                min_memory_gb=demand.min_memory_gb, fit_model=resolved[-1].fit_model,
+                fit_precision=resolved[-1].fit_precision, fit_weights_only=demand.weights_only, cards=demand.cards,
+                placement=demand.placement, interconnects=sorted(set(demand.interconnects)),
+                duration_hours=demand.duration_hours, earliest_start=demand.earliest_start,
+                latest_end=demand.latest_end, max_price_per_card_hour=demand.max_price_per_card_hour,
+                region_policy=demand.region.policy, center_lat=demand.region.lat, center_lon=demand.region.lon,
+                radius_km=demand.region.radius_km))
+        except ValidationFailed as error:
+            out.append(error)
+    created = [o for o in out if isinstance(o, Order)]
+    with transaction.atomic():
+        Order.objects.bulk_create(created, batch_size=5000)
+        OrderChipOption.objects.bulk_create([OrderChipOption(order=order, chip=o.chip, cards=o.cards)
+                                             for order, r in zip(created, resolved) for o in r.options],
+                                            batch_size=5000)
+        through = Order.allowed_regions.through
+        through.objects.bulk_create([through(order_id=order.pk, region_id=region.pk)
+                                     for order, r in zip(created, resolved) for region in r.regions],
+                                    batch_size=5000)
+        for order in created:
+            _after_commit_request_matching(order.pk)
+    return out
+
+
 def order_create_tokens(*, organisation: Organisation, demand: TokensDemand, workload: dict | None = None) -> Order:
     for name in ("max_price_input_hit_per_m", "max_price_input_miss_per_m", "max_price_output_per_m"):
         _check_price(getattr(demand, name), name, MAX_PRICE_PER_MILLION)
@@ -476,14 +514,13 @@ def order_expire_due(*, now=None) -> int:
     due = [pk for pk, latest_end, duration in Order.objects.filter(
         status=Order.Status.OPEN, kind=Order.Kind.CARD_HOURS, latest_end__lt=horizon,
     ).values_list("pk", "latest_end", "duration_hours") if hour_index(latest_end) - duration < next_hour]
-    expired = 0
-    for pk in sorted(due):
-        with transaction.atomic():
-            order = Order.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Order.Status.OPEN).first()
-            if order is None:
-                continue
-            order.status = Order.Status.EXPIRED
-            order.status_reason = "the window closed before the order could be matched"
-            order.save(update_fields=["status", "status_reason", "updated_at"])
-            expired += 1
-    return expired
+    if not due:
+        return 0
+    # One statement: lock the due orders still open (skipping any a matching round holds), expire them.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE marketplace_order SET status = %s, status_reason = %s, updated_at = %s WHERE id IN ("
+            " SELECT id FROM marketplace_order WHERE id = ANY(%s) AND status = %s ORDER BY id FOR UPDATE SKIP LOCKED)",
+            [Order.Status.EXPIRED, "the window closed before the order could be matched", timezone.now(), sorted(due),
+             Order.Status.OPEN])
+        return cursor.rowcount
