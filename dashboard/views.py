@@ -1,6 +1,6 @@
 """The operators' dashboard: one server-rendered page for platform admins (staff), its charts as
 PNG images drawn on the server, and the review decisions it posts. Thin views over selectors and
-matching's review services."""
+the lifecycle's review services."""
 import io
 
 from django.contrib import messages
@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from config.errors import ApplicationError
-from matching import services as matching
+from lifecycle import services as lifecycle
 
 from . import selectors
 
@@ -27,7 +27,7 @@ def dashboard(request):
 @staff_member_required
 @require_POST
 def review_decide(request, review_id: int, decision: str):
-    decide = {"approve": (matching.review_approve, "approved"), "reject": (matching.review_reject, "rejected")}
+    decide = {"approve": (lifecycle.review_approve, "approved"), "reject": (lifecycle.review_reject, "rejected")}
     if decision not in decide:
         return HttpResponse(status=404)
     service, done = decide[decision]
