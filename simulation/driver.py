@@ -52,10 +52,10 @@ TOKEN_MODELS = ("DeepSeek-V3", "DeepSeek-R1")
 MINUTE = timedelta(minutes=1)
 # Production sweeps every 5 minutes of real time; a simulated hour passes in well under a second,
 # so sweeping every simulated hour would settle each long-running allocation 72 times for nothing.
-SETTLE_EVERY_HOURS = 12
+SETTLE_EVERY_HOURS = 24
 # Card-hour listings run this long past the simulated run: the book ahead that the dashboard shows.
 BOOK_AHEAD_HOURS = 24
-DURATIONS = (1, 2, 3, 4, 6, 8, 12, 24)
+DURATIONS = (1, 2, 3, 4, 6, 8, 12, 16)
 CARDS = (1, 1, 2, 2, 4, 8)
 INVOICED_BUYERS = 100
 
