@@ -45,7 +45,7 @@ class RoundOutcome:
     replayed: bool = False
     # With ``probe``: the orders that had a feasible placement within their bid when the round
     # opened (they could have been served by this round, whether or not they were).
-    servable: frozenset[int] = frozenset()
+    servable: tuple[int, ...] = ()  # a tuple: the Celery task returns the outcome as JSON
 
 
 def review_policy_current() -> ReviewPolicy:
@@ -76,10 +76,10 @@ def round_run(*, bucket: str, round_id: str | None = None, price_rule: str | Non
     t1 = time.perf_counter()
     params = EngineParams(excluded_pairs=snapshot.excluded_pairs, price_rule=price_rule or EngineParams.price_rule)
     result = run_engine(snapshot.supply, snapshot.demand, params)
-    servable: frozenset[int] = frozenset()
+    servable: tuple[int, ...] = ()
     if probe and snapshot.supply.size and snapshot.demand.size:
         best = opening_best(snapshot.supply, snapshot.demand)
-        servable = frozenset(snapshot.demand.order_id[best >= 0].tolist())
+        servable = tuple(snapshot.demand.order_id[best >= 0].tolist())
     t2 = time.perf_counter()
     outcome = round_persist(round_id=round_id, bucket=bucket, result=result, price_rule=params.price_rule,
                             orders_considered=snapshot.demand.size, listings_considered=snapshot.supply.size,

@@ -136,7 +136,7 @@ def simulate(config: SimConfig, *, progress: Callable[[int, int, str], None] | N
             matching.round_run(bucket=matching.TOKENS_BUCKET, now=now)
             persist = MatchRound.objects.filter(round_id=outcome.round_id).values_list("persist_ms", flat=True).first()
             clock.lap("rounds", split=("persistence", (persist or 0) / 1000))
-            run.servable |= outcome.servable
+            run.servable.update(outcome.servable)
             run.round_step[outcome.round_id] = step
             lifecycle_batch.allocations_start(allocation_ids=_due_work(run, now), now=now)
             clock.lap("settlement")
