@@ -23,8 +23,8 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.batch import TransferSpec, accounts_lock_many, transfers_post_many
-from billing.models import Account, Hold, UsageEvent
-from billing.rating import commission, rate_card_minutes
+from billing.models import Account, Charge, Hold, UsageEvent
+from billing.rating import TokenPrices, commission, rate_card_minutes, rate_tokens
 from billing.services import BUYER_KINDS
 from billing.settlement import ENDED, SIX, allocation_settle, commission_rate, heartbeat_grace, sweep_item
 from marketplace.hours import current_hour_index, hour_start
@@ -178,14 +178,18 @@ def settle_due_batched(*, now: datetime | None = None) -> int:
     for pk in left:
         with sweep_item("settle allocation", pk):
             allocation_settle(allocation_id=pk, now=now)
-    # The rest of the sweep, one by one: token usage, and ended allocations whose hold is open.
-    ids = set(UsageEvent.objects.filter(settled=False).values_list("allocation_id", flat=True).distinct())
-    ids |= set(Hold.objects.filter(status=Hold.Status.PENDING, allocation__status__in=ENDED)
-               .values_list("allocation_id", flat=True))
+    # Token usage set-based; what that leaves, and ended allocations whose hold is open, one by one.
+    tokens = set(UsageEvent.objects.filter(settled=False).values_list("allocation_id", flat=True).distinct())
+    try:
+        rest = set(token_usage_settle(allocation_ids=sorted(tokens)))
+    except IntegrityError:  # a transfer id already used: one by one instead
+        rest = set(tokens)
+    ids = rest | set(Hold.objects.filter(status=Hold.Status.PENDING, allocation__status__in=ENDED)
+                     .values_list("allocation_id", flat=True))
     for pk in sorted(ids - set(left)):
         with sweep_item("settle allocation", pk):
             allocation_settle(allocation_id=pk, now=now)
-    return len(running) + len(ids - set(running))
+    return len(running) + len(tokens | ids)
 
 
 def _lock_rows(allocation_ids: list[int], *, running_only: bool) -> list[_Row]:
@@ -325,3 +329,93 @@ def _meters_save(cursor, rows: list[_Row], real_now: datetime, *, stopped: bool)
         " %s::numeric[]) AS t(a, acc, hb, st, bm, ba) WHERE m.allocation_id = t.a",
         [stopped, real_now, [r.pk for r in rows], [r.accumulated for r in rows], [r.last_heartbeat_at for r in rows],
          [r.stopped_at for r in rows], [r.billed_minutes for r in rows], [r.billed_amount for r in rows]])
+
+
+def token_usage_settle(*, allocation_ids: Sequence[int]) -> list[int]:
+    """``allocation_settle`` for token allocations' unsettled usage, set-based: each allocation's
+    events charged as one transfer (``settle:allocation:<id>:events-to:<last event>``, from the
+    hold first, then the wallet) with one charge per usage kind, in one transaction. Holds are not
+    closed here. Returns the ids left for the per-allocation service: usage the buyer's funds do
+    not cover, events with no tokens, or anything else off the common path."""
+    if not allocation_ids:
+        return []
+    rate = commission_rate()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT order_id FROM marketplace_allocation WHERE id = ANY(%s)", [list(allocation_ids)])
+        order_ids = sorted(r[0] for r in cursor.fetchall())
+        cursor.execute("SELECT id, organisation_id FROM marketplace_order WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                       [order_ids])
+        buyer = dict(cursor.fetchall())
+        cursor.execute(
+            "SELECT id, order_id, supplier_id, price_input_hit_per_m, price_input_miss_per_m, price_output_per_m"
+            " FROM marketplace_allocation WHERE id = ANY(%s) AND kind = 'tokens' ORDER BY id FOR UPDATE",
+            [list(allocation_ids)])
+        allocations = {r[0]: r for r in cursor.fetchall()}
+        cursor.execute("SELECT allocation_id, id, amount, posted_amount, status FROM billing_hold"
+                       " WHERE allocation_id = ANY(%s) ORDER BY id FOR UPDATE", [list(allocations)])
+        holds = {r[0]: r[1:] for r in cursor.fetchall()}
+        cursor.execute(
+            "SELECT allocation_id, count(*), max(id), sum(input_hit_tokens), sum(input_miss_tokens),"
+            " sum(output_tokens), sum(amount), min(occurred_at), max(occurred_at) FROM billing_usageevent"
+            " WHERE allocation_id = ANY(%s) AND NOT settled GROUP BY allocation_id", [list(allocations)])
+        usage = {r[0]: r[1:] for r in cursor.fetchall()}
+        wanted = {(None, Account.Kind.PLATFORM_COMMISSION)}
+        for pk, (_, order_id, supplier_id, *_prices) in allocations.items():
+            wanted |= {(buyer[order_id], k) for k in BUYER_KINDS} | {(supplier_id, Account.Kind.SUPPLIER_PAYABLE)}
+        accounts = accounts_lock_many(wanted=list(wanted))
+        balances = {pk: (balance, allow) for pk, balance, allow in accounts.values()}
+        fee_account = accounts[(None, Account.Kind.PLATFORM_COMMISSION)][0]
+        left = [pk for pk in allocation_ids if pk not in allocations]
+        specs, charges, settled, hold_posted = [], [], [], []
+        for pk in sorted(usage):
+            _, order_id, supplier_id, hit_price, miss_price, out_price = allocations[pk]
+            n, last, hit, miss, out, amount, first, latest = usage[pk]
+            b = buyer[order_id]
+            prices = TokenPrices(hit_price, miss_price, out_price)
+            charge = rate_tokens(prices=prices, input_hit=hit, input_miss=miss, output=out)
+            hold = holds.get(pk)
+            on_hold = min(amount, hold[1] - hold[2]) if hold and hold[3] == Hold.Status.PENDING else Decimal(0)
+            wallet = accounts[(b, Account.Kind.BUYER_WALLET)][0]
+            if charge.total != amount or amount <= 0 or amount - on_hold > balances[wallet][0]:
+                left.append(pk)
+                continue
+            parts = [(Charge.Kind.INPUT_HIT, hit, hit_price, charge.input_hit),
+                     (Charge.Kind.INPUT_MISS, miss, miss_price, charge.input_miss),
+                     (Charge.Kind.OUTPUT, out, out_price, charge.output)]
+            fees = {kind: commission(amount=value, rate=rate) for kind, _, _, value in parts}
+            fee = sum(fees.values())
+            key = f"settle:allocation:{pk}:events-to:{last}"
+            specs.append(TransferSpec(key, "settle", [
+                (accounts[(b, Account.Kind.BUYER_HELD)][0], -on_hold), (wallet, -(amount - on_hold)),
+                (accounts[(supplier_id, Account.Kind.SUPPLIER_PAYABLE)][0], amount - fee), (fee_account, fee)],
+                f"allocation {pk}: {n} usage events"))
+            balances[wallet] = (balances[wallet][0] - (amount - on_hold), balances[wallet][1])
+            charges += [(b, supplier_id, order_id, pk, kind, Decimal(tokens), price, value, fees[kind], first, latest,
+                         key) for kind, tokens, price, value in parts if value]
+            settled.append((pk, last, key))
+            if on_hold:
+                hold_posted.append((hold[0], on_hold))
+        # the wallets' debits above were checked against the locked balances; restore them for the post
+        balances = {pk: (balance, allow) for pk, balance, allow in accounts.values()}
+        ids = transfers_post_many(transfers=specs, balances=balances)
+        real_now = timezone.now()
+        if charges:
+            cursor.execute(
+                "INSERT INTO billing_charge (buyer_id, supplier_id, order_id, allocation_id, kind, quantity, unit_price,"
+                " amount, commission, usage_from, usage_to, transfer_id, memo, created_at)"
+                " SELECT t.b, t.s, t.o, t.a, t.k, t.q, t.p, t.m, t.f, t.uf, t.ut, t.t, '', %s"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::numeric[],"
+                " %s::numeric[], %s::numeric[], %s::numeric[], %s::timestamptz[], %s::timestamptz[], %s::bigint[])"
+                " AS t(b, s, o, a, k, q, p, m, f, uf, ut, t)",
+                [real_now, *[list(column) for column in zip(*charges)][:11], [ids[c[11]] for c in charges]])
+        if settled:
+            cursor.execute(
+                "UPDATE billing_usageevent e SET settled = true, settled_transfer_id = t.tr"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS t(a, last, tr)"
+                " WHERE e.allocation_id = t.a AND NOT e.settled AND e.id <= t.last",
+                [[s[0] for s in settled], [s[1] for s in settled], [ids[s[2]] for s in settled]])
+        if hold_posted:
+            cursor.execute("UPDATE billing_hold h SET posted_amount = h.posted_amount + t.p, updated_at = %s"
+                           " FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, p) WHERE h.id = t.id",
+                           [real_now, [h[0] for h in hold_posted], [h[1] for h in hold_posted]])
+    return left

@@ -53,7 +53,8 @@ MINUTE = timedelta(minutes=1)
 # Production sweeps every 5 minutes of real time; a simulated hour passes in well under a second,
 # so sweeping every simulated hour would settle each long-running allocation 72 times for nothing.
 SETTLE_EVERY_HOURS = 24
-# Card-hour listings run this long past the simulated run: the book ahead that the dashboard shows.
+# Listings run this long past the simulated run (the market goes on): the book ahead that the
+# dashboard shows, and token endpoints still serving at the end.
 BOOK_AHEAD_HOURS = 24
 DURATIONS = (1, 2, 3, 4, 6, 8, 12, 16)
 CARDS = (1, 1, 2, 2, 4, 8)
@@ -70,6 +71,7 @@ class SimConfig:
     token_orders_per_hour: int = 3
     failures: int = 4
     background_load: float = 0.30
+    token_endpoint_share: float = 0.08
     seed: int = 7
 
 
@@ -222,11 +224,12 @@ def _create_supply(run: SimRun, config: SimConfig, rng: random.Random, report) -
             base, _ = CHIPS[chip]
             discount = Decimal("0.85") if region.hub in WEST_HUBS else Decimal("1")
             ask = (base * discount * Decimal(rng.uniform(0.85, 1.15))).quantize(Decimal("0.01"))
-            endpoint = chip in ("nvidia-h800-sxm", "nvidia-h20", "huawei-ascend-910b") and rng.random() < 0.08
+            endpoint = (chip in ("nvidia-h800-sxm", "nvidia-h20", "huawei-ascend-910b")
+                        and rng.random() < config.token_endpoint_share)
             model = models[rng.choice(TOKEN_MODELS)] if endpoint else None
             listings.append(Listing(
                 organisation=org, node=node, cards=8, start=run.start,
-                end=run.end if endpoint else run.end + timedelta(hours=BOOK_AHEAD_HOURS), ask_per_card_hour=ask,
+                end=run.end + timedelta(hours=BOOK_AHEAD_HOURS), ask_per_card_hour=ask,
                 token_model=model, price_input_hit_per_m=Decimal("0.5") if endpoint else None,
                 price_input_miss_per_m=Decimal("2") if endpoint else None,
                 price_output_per_m=Decimal(rng.choice(["8", "12", "16"])) if endpoint else None))

@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.db.models import Sum
 
 from bench.optimum import milp_optimum
-from billing.models import Account, Charge, Entry, Hold
+from billing.models import Account, Charge, Entry, Hold, UsageEvent
 from marketplace.models import Allocation, ListingHour, Order
 from simulation.driver import SimConfig, simulate
 from simulation.hindsight import hindsight_books, market_buyers
@@ -20,7 +20,7 @@ from tests.billing.helpers import assert_books_balance
 pytestmark = pytest.mark.django_db
 
 SMALL = SimConfig(suppliers=3, nodes=8, buyers=10, days=1, orders_per_hour=4, token_orders_per_hour=1, failures=1,
-                  seed=3)
+                  token_endpoint_share=0.9, seed=3)
 # No failures: every online match is then a feasible offline solution, so the market's welfare
 # can never exceed the exact optimum.
 TINY = SimConfig(suppliers=2, nodes=4, buyers=6, days=1, orders_per_hour=2, token_orders_per_hour=0, failures=0,
@@ -46,6 +46,14 @@ def test_a_small_market_runs_through_the_pipeline_and_reports_what_the_database_
         charged = Charge.objects.filter(allocation=allocation, kind="card_hours").aggregate(s=Sum("amount"))["s"]
         assert charged == allocation.meter.billed_amount
         assert Hold.objects.get(allocation=allocation).status in ("posted", "voided")
+    # token usage, settled set-based at the end: every event is on a transfer, and each token
+    # allocation's charges add up to its events' own amounts
+    events = UsageEvent.objects.filter(allocation__order__organisation_id__in=run.buyer_ids)
+    assert events.exists() and not events.filter(settled_transfer__isnull=True).exists()
+    for allocation_id, amount in events.values_list("allocation_id").annotate(s=Sum("amount")):
+        charged = Charge.objects.filter(allocation_id=allocation_id, kind__in=["input_hit_tokens", "input_miss_tokens",
+                                                                              "output_tokens"])
+        assert charged.aggregate(s=Sum("amount"))["s"] == amount
     # service credits, read back from the wallets that received them
     credited = Entry.objects.filter(transfer__kind="service_credit", account__kind=Account.Kind.BUYER_WALLET)
     assert data["service_credits"] == (credited.aggregate(s=Sum("amount"))["s"] or Decimal(0))

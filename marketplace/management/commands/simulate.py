@@ -18,6 +18,7 @@ HELP = {
     "days": "simulated days of hourly arrivals", "orders_per_hour": "card-hour orders arriving per hour (mean)",
     "token_orders_per_hour": "token orders arriving per hour (mean)", "failures": "node failures during the run",
     "background_load": "share of capacity already rented by incumbents at the start", "seed": "random seed",
+    "token_endpoint_share": "share of H800, H20 and 910B nodes serving tokens instead of selling card-hours",
 }
 
 
