@@ -28,7 +28,10 @@ class TransferSpec:
 
 # --- the ledger, set-based ----------------------------------------------------------------------
 
-def accounts_lock_many(*, wanted: Sequence[tuple[int | None, str]]) -> dict[tuple[int | None, str], tuple[int, Decimal, bool]]:
+AccountKey = tuple[int | None, str]  # (organisation id or None for the platform, kind)
+
+
+def accounts_lock_many(*, wanted: Sequence[AccountKey]) -> dict[AccountKey, tuple[int, Decimal, bool]]:
     """The accounts ``(organisation id or None, kind)``, created where missing, locked FOR UPDATE
     in primary-key order, as ``{key: (id, balance, allow_negative)}``. Call inside atomic, after
     every non-ledger lock."""
@@ -54,7 +57,8 @@ def accounts_lock_many(*, wanted: Sequence[tuple[int | None, str]]) -> dict[tupl
         return {(o, k): (pk, balance, allow) for pk, o, k, balance, allow in cursor.fetchall()}
 
 
-def transfers_post_many(*, transfers: Sequence[TransferSpec], balances: dict[int, tuple[Decimal, bool]]) -> dict[str, int]:
+def transfers_post_many(*, transfers: Sequence[TransferSpec],
+                        balances: dict[int, tuple[Decimal, bool]]) -> dict[str, int]:
     """Post many balanced transfers in four statements: the set-based twin of ``transfer_post``
     for callers that hold every account's lock (``accounts_lock_many``). ``balances`` maps each
     account id to (balance, allow_negative) as locked; an account without overdraft that would go

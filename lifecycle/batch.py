@@ -87,8 +87,8 @@ def allocations_start(*, allocation_ids: Sequence[int], now: datetime | None = N
         if not started:
             return []
         cursor.execute(
-            "INSERT INTO billing_allocationmeter AS m (allocation_id, started_at, last_heartbeat_at, accumulated_seconds,"
-            " billed_minutes, billed_amount, updated_at)"
+            "INSERT INTO billing_allocationmeter AS m (allocation_id, started_at, last_heartbeat_at,"
+            " accumulated_seconds, billed_minutes, billed_amount, updated_at)"
             " SELECT t.a, t.s, t.s, 0, 0, 0, %s FROM unnest(%s::bigint[], %s::timestamptz[]) AS t(a, s)"
             " ON CONFLICT (allocation_id) DO UPDATE SET started_at = EXCLUDED.started_at,"
             " last_heartbeat_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at",
@@ -294,8 +294,8 @@ def _settle_rows(rows: list[_Row], *, now: datetime, final: bool) -> tuple[set[i
     with connection.cursor() as cursor:
         if charges:
             cursor.execute(
-                "INSERT INTO billing_charge (buyer_id, supplier_id, order_id, allocation_id, kind, quantity, unit_price,"
-                " amount, commission, usage_from, usage_to, transfer_id, memo, created_at)"
+                "INSERT INTO billing_charge (buyer_id, supplier_id, order_id, allocation_id, kind, quantity,"
+                " unit_price, amount, commission, usage_from, usage_to, transfer_id, memo, created_at)"
                 " SELECT t.b, t.s, t.o, t.a, 'card_hours', t.q, t.p, t.m, t.f, t.uf, t.ut, t.t, '', %s"
                 " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[],"
                 " %s::numeric[], %s::numeric[], %s::timestamptz[], %s::timestamptz[], %s::bigint[])"
@@ -341,7 +341,8 @@ def token_usage_settle(*, allocation_ids: Sequence[int]) -> list[int]:
         return []
     rate = commission_rate()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT DISTINCT order_id FROM marketplace_allocation WHERE id = ANY(%s)", [list(allocation_ids)])
+        cursor.execute("SELECT DISTINCT order_id FROM marketplace_allocation WHERE id = ANY(%s)",
+                       [list(allocation_ids)])
         order_ids = sorted(r[0] for r in cursor.fetchall())
         cursor.execute("SELECT id, organisation_id FROM marketplace_order WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
                        [order_ids])
@@ -401,8 +402,8 @@ def token_usage_settle(*, allocation_ids: Sequence[int]) -> list[int]:
         real_now = timezone.now()
         if charges:
             cursor.execute(
-                "INSERT INTO billing_charge (buyer_id, supplier_id, order_id, allocation_id, kind, quantity, unit_price,"
-                " amount, commission, usage_from, usage_to, transfer_id, memo, created_at)"
+                "INSERT INTO billing_charge (buyer_id, supplier_id, order_id, allocation_id, kind, quantity,"
+                " unit_price, amount, commission, usage_from, usage_to, transfer_id, memo, created_at)"
                 " SELECT t.b, t.s, t.o, t.a, t.k, t.q, t.p, t.m, t.f, t.uf, t.ut, t.t, '', %s"
                 " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::numeric[],"
                 " %s::numeric[], %s::numeric[], %s::numeric[], %s::timestamptz[], %s::timestamptz[], %s::bigint[])"

@@ -94,7 +94,8 @@ def _chip_rule(demand: CardHoursDemand) -> str:
 
 
 def _resolve_options(demand: CardHoursDemand, rule: str,
-                     catalogue: Catalogue | None = None) -> tuple[list[ChipOption], AIModel | None, str, Decimal | None]:
+                     catalogue: Catalogue | None = None
+                     ) -> tuple[list[ChipOption], AIModel | None, str, Decimal | None]:
     if rule != Order.ChipRule.MODEL and not demand.cards:
         raise ValidationFailed.on("cards", "cards is required unless the order names a model.")
     if rule == Order.ChipRule.CHIPS:
@@ -106,8 +107,11 @@ def _resolve_options(demand: CardHoursDemand, rule: str,
             raise ValidationFailed.on("chips", f"Unknown chip type(s): {', '.join(unknown)}.")
         return [ChipOption(chips[c], demand.cards) for c in codes], None, "", None
     if rule == Order.ChipRule.MIN_MEMORY:
-        chips = ([c for c in catalogue.chips.values() if c.memory_gb is not None and c.memory_gb >= demand.min_memory_gb]
-                 if catalogue else list(ChipType.objects.filter(memory_gb__gte=demand.min_memory_gb).order_by("code")))
+        if catalogue:
+            chips = [c for c in catalogue.chips.values()
+                     if c.memory_gb is not None and c.memory_gb >= demand.min_memory_gb]
+        else:
+            chips = list(ChipType.objects.filter(memory_gb__gte=demand.min_memory_gb).order_by("code"))
         if not chips:
             raise ValidationFailed.on("min_memory_gb", f"No chip in the catalogue has {demand.min_memory_gb} GB per card.")
         return [ChipOption(c, demand.cards) for c in chips], None, "", None

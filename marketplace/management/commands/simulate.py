@@ -50,7 +50,8 @@ class Command(BaseCommand):
         sys.stderr.write("\n")
         data = figures(run, hindsight_seconds=options["hindsight_seconds"])
         files = write_report(run, data, Path(options["out"]))
-        self.stdout.write(f"simulated in {run.wall_seconds:.0f} s, reported in {time.monotonic() - started - run.wall_seconds:.0f} s "
+        reported = time.monotonic() - started - run.wall_seconds
+        self.stdout.write(f"simulated in {run.wall_seconds:.0f} s, reported in {reported:.0f} s "
                           f"(the offline optimum's LP {data['hindsight_seconds']:.0f} s); report and charts: "
                           + ", ".join(str(f) for f in files))
         # the report ends with its headline figures as one JSON object: the command's last line
