@@ -58,7 +58,7 @@ SETTLE_EVERY_HOURS = 24
 BOOK_AHEAD_HOURS = 24
 DURATIONS = (1, 2, 3, 4, 6, 8, 12, 16)
 CARDS = (1, 1, 2, 2, 4, 8)
-INVOICED_BUYERS = 100
+DOCUMENTS = 50
 
 
 @dataclass
@@ -239,10 +239,13 @@ def _create_supply(run: SimRun, config: SimConfig, rng: random.Random, report) -
             listing.node_id = listing.node.pk
         Listing.objects.bulk_create(listings, batch_size=2000)
         report(0, run.hours, f"listed {len(listings)} nodes")
-        ListingHour.objects.bulk_create([
-            ListingHour(listing=listing, node_id=listing.node_id, hour=h, node_cards=8, cards_offered=8)
-            for listing in listings for h in range(hour_index(listing.start), hour_index(listing.end))],
-            batch_size=20000)
+        # the calendar: one row per listed node-hour, as listing_create writes them, in one statement
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO marketplace_listinghour (listing_id, node_id, hour, node_cards, cards_offered, cards_sold)"
+                " SELECT l.id, l.node_id, h, 8, l.cards, 0 FROM marketplace_listing l,"
+                " generate_series(%s::int, %s::int - 1) AS h WHERE l.id = ANY(%s)",
+                [run.first_hour, run.first_hour + run.hours + BOOK_AHEAD_HOURS, [x.pk for x in listings]])
 
 
 def _create_buyers(run: SimRun, config: SimConfig, rng: random.Random, report) -> None:
@@ -393,12 +396,14 @@ def _fail_a_busy_node(run: SimRun, rng: random.Random, now: datetime) -> None:
 
 
 def _issue_documents(run: SimRun, now: datetime) -> None:
-    """Statements for every supplier, invoices for the buyers who spent most (``INVOICED_BUYERS``):
-    documents are monthly, not part of the hourly flow, and issuing two thousand one by one would
-    take longer than the market's three days."""
+    """Invoices for the buyers who spent most and statements for the suppliers who earned most
+    (``DOCUMENTS`` of each): documents are monthly, not part of the hourly flow, and issuing 2,200
+    one by one would take longer than the market's three days."""
     spend = (Charge.objects.filter(buyer_id__in=run.buyer_ids).values("buyer_id").annotate(s=Sum("amount"))
-             .order_by("-s", "buyer_id").values_list("buyer_id", flat=True)[:INVOICED_BUYERS])
-    suppliers = set(Charge.objects.filter(supplier_id__in=run.supplier_ids).values_list("supplier_id", flat=True))
+             .order_by("-s", "buyer_id").values_list("buyer_id", flat=True)[:DOCUMENTS])
+    suppliers = (Charge.objects.filter(supplier_id__in=run.supplier_ids).values("supplier_id")
+                 .annotate(s=Sum("amount")).order_by("-s", "supplier_id")
+                 .values_list("supplier_id", flat=True)[:DOCUMENTS])
     for pk in sorted(spend):
         invoicing.invoice_issue(organisation_id=pk, kind="invoice", now=now)
     for pk in sorted(suppliers):
