@@ -192,14 +192,19 @@ def settle_due_batched(*, now: datetime | None = None) -> int:
     return len(running) + len(tokens | ids)
 
 
+def _orders_lock(cursor, allocation_ids: Sequence[int]) -> dict[int, int]:
+    """Lock the allocations' orders (first, as every writer does); returns order id -> buyer id."""
+    cursor.execute("SELECT DISTINCT order_id FROM marketplace_allocation WHERE id = ANY(%s)", [list(allocation_ids)])
+    order_ids = sorted(r[0] for r in cursor.fetchall())
+    cursor.execute("SELECT id, organisation_id FROM marketplace_order WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                   [order_ids])
+    return dict(cursor.fetchall())
+
+
 def _lock_rows(allocation_ids: list[int], *, running_only: bool) -> list[_Row]:
     """Lock the allocations' orders, the allocations, their meters and holds (that order)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT DISTINCT order_id FROM marketplace_allocation WHERE id = ANY(%s)", [allocation_ids])
-        order_ids = sorted(r[0] for r in cursor.fetchall())
-        cursor.execute("SELECT id, organisation_id FROM marketplace_order WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                       [order_ids])
-        buyer = dict(cursor.fetchall())
+        buyer = _orders_lock(cursor, allocation_ids)
         cursor.execute(
             "SELECT id, order_id, supplier_id, start_hour, end_hour, cards, price_per_card_hour, status"
             " FROM marketplace_allocation WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [allocation_ids])
@@ -341,12 +346,7 @@ def token_usage_settle(*, allocation_ids: Sequence[int]) -> list[int]:
         return []
     rate = commission_rate()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT DISTINCT order_id FROM marketplace_allocation WHERE id = ANY(%s)",
-                       [list(allocation_ids)])
-        order_ids = sorted(r[0] for r in cursor.fetchall())
-        cursor.execute("SELECT id, organisation_id FROM marketplace_order WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                       [order_ids])
-        buyer = dict(cursor.fetchall())
+        buyer = _orders_lock(cursor, allocation_ids)
         cursor.execute(
             "SELECT id, order_id, supplier_id, price_input_hit_per_m, price_input_miss_per_m, price_output_per_m"
             " FROM marketplace_allocation WHERE id = ANY(%s) AND kind = 'tokens' ORDER BY id FOR UPDATE",
