@@ -15,7 +15,10 @@ Figures:
 - fill_rate: matched share of in-the-money orders (a feasible placement within the bid existed
   when the round opened), and utilisation of offered card-hours before and after the round;
 - e2e_round_s: one round from PostgreSQL to committed allocations at 20,000 orders x 4,000
-  nodes (load, engine, persist), in a database of its own (``sanduisan_bench``).
+  nodes (load, engine, persist), in a database of its own (``sanduisan_bench``);
+- rounds_speedup_2_workers: the same backlog (20,000 x 4,000), one round per vendor:hub bucket,
+  matched by 1 and by 2 real Celery workers (``bench/rounds_workers.py``, database
+  ``sanduisan_bench_workers``): time with 1 worker over time with 2.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from bench.market import generate_market
 from bench.optimum import certified_optimum, lp_bound
+from bench.rounds_workers import rounds_workers
 from matching.engine.engine import run_engine
 
 
@@ -142,6 +146,7 @@ def main(argv=None) -> dict:
     figures.update(welfare_vs_lp(30_000 // scale, 6_000 // scale, 30 if args.quick else args.lp_seconds))
     if not args.skip_e2e:
         figures.update(e2e_round(20_000 // scale, 4_000 // scale))
+        figures.update(rounds_workers(n_orders=20_000 // scale, n_nodes=4_000 // scale))
     print(json.dumps(figures))
     return figures
 

@@ -45,6 +45,17 @@ def order_create_card_hours(*, organisation: Organisation, demand: CardHoursDema
         return order
 
 
+def orders_create_card_hours(*, orders: list[tuple[Organisation, CardHoursDemand]], now=None) -> list:
+    """Place many card-hour orders at once (``marketplace.services.orders_create_card_hours``: one
+    transaction, each validated alone) and ask for matching rounds for those created."""
+    with transaction.atomic():
+        out = market.orders_create_card_hours(orders=orders, now=now)
+        for order in out:
+            if isinstance(order, Order):
+                _after_commit_request_matching(order.pk)
+        return out
+
+
 def order_create_tokens(*, organisation: Organisation, demand: TokensDemand, workload: dict | None = None) -> Order:
     """Place a token order and, once it is committed, ask for a token round soon."""
     with transaction.atomic():

@@ -93,18 +93,25 @@ def _chip_rule(demand: CardHoursDemand) -> str:
             "model": Order.ChipRule.MODEL}[given[0]]
 
 
-def _resolve_options(demand: CardHoursDemand, rule: str) -> tuple[list[ChipOption], AIModel | None, str, Decimal | None]:
+def _resolve_options(demand: CardHoursDemand, rule: str,
+                     catalogue: Catalogue | None = None
+                     ) -> tuple[list[ChipOption], AIModel | None, str, Decimal | None]:
     if rule != Order.ChipRule.MODEL and not demand.cards:
         raise ValidationFailed.on("cards", "cards is required unless the order names a model.")
     if rule == Order.ChipRule.CHIPS:
         codes = list(dict.fromkeys(demand.chips or []))
-        chips = {c.code: c for c in ChipType.objects.filter(code__in=codes)}
+        chips = ({code: catalogue.chips[code] for code in codes if code in catalogue.chips} if catalogue
+                 else {c.code: c for c in ChipType.objects.filter(code__in=codes)})
         unknown = [c for c in codes if c not in chips]
         if unknown:
             raise ValidationFailed.on("chips", f"Unknown chip type(s): {', '.join(unknown)}.")
         return [ChipOption(chips[c], demand.cards) for c in codes], None, "", None
     if rule == Order.ChipRule.MIN_MEMORY:
-        chips = list(ChipType.objects.filter(memory_gb__gte=demand.min_memory_gb).order_by("code"))
+        if catalogue:
+            chips = [c for c in catalogue.chips.values()
+                     if c.memory_gb is not None and c.memory_gb >= demand.min_memory_gb]
+        else:
+            chips = list(ChipType.objects.filter(memory_gb__gte=demand.min_memory_gb).order_by("code"))
         if not chips:
             raise ValidationFailed.on("min_memory_gb", f"No chip in the catalogue has {demand.min_memory_gb} GB per card.")
         return [ChipOption(c, demand.cards) for c in chips], None, "", None
@@ -130,12 +137,14 @@ def _resolve_options(demand: CardHoursDemand, rule: str) -> tuple[list[ChipOptio
     return options, model, precision, needed
 
 
-def resolve_region_policy(spec: RegionPolicySpec, *, organisation: Organisation, prefix: str = "region") -> list[Region]:
+def resolve_region_policy(spec: RegionPolicySpec, *, organisation: Organisation, prefix: str = "region",
+                          catalogue: Catalogue | None = None) -> list[Region]:
     if spec.policy == RegionPolicy.REGIONS:
         codes = list(dict.fromkeys(spec.regions))
         if not codes:
             raise ValidationFailed.on(f"{prefix}.regions", "List at least one region for the 'regions' policy.")
-        regions = list(Region.objects.filter(code__in=codes))
+        regions = ([catalogue.regions[c] for c in codes if c in catalogue.regions] if catalogue
+                   else list(Region.objects.filter(code__in=codes)))
         unknown = sorted(set(codes) - {r.code for r in regions})
         if unknown:
             raise ValidationFailed.on(f"{prefix}.regions", f"Unknown region(s): {', '.join(unknown)}.")
@@ -151,7 +160,20 @@ def resolve_region_policy(spec: RegionPolicySpec, *, organisation: Organisation,
     return []
 
 
-def resolve_card_hours(demand: CardHoursDemand, *, organisation: Organisation, now: datetime | None = None) -> ResolvedCardHours:
+@dataclass(frozen=True)
+class Catalogue:
+    """Chips and regions read once, for resolving many orders without a query each."""
+    chips: dict[str, ChipType]
+    regions: dict[str, Region]
+
+
+def catalogue_load() -> Catalogue:
+    return Catalogue(chips={c.code: c for c in ChipType.objects.order_by("code")},
+                     regions={r.code: r for r in Region.objects.all()})
+
+
+def resolve_card_hours(demand: CardHoursDemand, *, organisation: Organisation, now: datetime | None = None,
+                       catalogue: Catalogue | None = None) -> ResolvedCardHours:
     now = now or timezone.now()
     for name in ("earliest_start", "latest_end"):
         if not is_whole_hour(getattr(demand, name)):
@@ -170,12 +192,12 @@ def resolve_card_hours(demand: CardHoursDemand, *, organisation: Organisation, n
     if unknown_ic:
         raise ValidationFailed.on("interconnects", f"Unknown interconnect(s): {', '.join(unknown_ic)}.")
     rule = _chip_rule(demand)
-    options, model, precision, needed = _resolve_options(demand, rule)
+    options, model, precision, needed = _resolve_options(demand, rule, catalogue)
     if demand.placement == Order.Placement.SINGLE_NODE:
         too_big = [o for o in options if o.cards > 64]
         if too_big and len(too_big) == len(options):
             raise ValidationFailed.on("placement", "No single node has that many cards; use 'same_fabric'.")
-    regions = resolve_region_policy(demand.region, organisation=organisation)
+    regions = resolve_region_policy(demand.region, organisation=organisation, catalogue=catalogue)
     return ResolvedCardHours(demand=demand, chip_rule=rule, options=options, fit_model=model,
                              fit_precision=precision, needed_gb=needed, regions=regions)
 

@@ -8,6 +8,7 @@ Lock order, everywhere (so concurrent services never deadlock):
 """
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from django.utils import timezone
 from config.errors import CapacityUnavailable, Conflict, InvalidTransition, NotFound, ValidationFailed
 
 from .authentication import KEY_SCHEME, hash_key
-from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, order_region_rule, region_info, regions_by_id,
-                     resolve_card_hours, resolve_tokens)
+from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, catalogue_load, order_region_rule, region_info,
+                     regions_by_id, resolve_card_hours, resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start, is_whole_hour
 from matching.engine.geo import region_allows
 
@@ -281,6 +282,79 @@ def order_create_card_hours(*, organisation: Organisation, demand: CardHoursDema
         return order
 
 
+def orders_create_card_hours(*, orders: Sequence[tuple[Organisation, CardHoursDemand]],
+                             now=None) -> list[Order | ValidationFailed]:
+    """``order_create_card_hours`` for many orders in one transaction and three inserts (a burst
+    of arrivals, a bulk import). Each order is validated alone: one that fails is answered by its
+    ``ValidationFailed`` at its position and the others are created."""
+    out: list[Order | ValidationFailed] = []
+    resolved = []
+    catalogue = catalogue_load()
+    for organisation, demand in orders:
+        try:
+            _check_price(demand.max_price_per_card_hour, "max_price_per_card_hour", MAX_PRICE_PER_CARD_HOUR)
+            resolved.append(resolve_card_hours(demand, organisation=organisation, now=now, catalogue=catalogue))
+            out.append(Order(
+                organisation=organisation, kind=Order.Kind.CARD_HOURS, chip_rule=resolved[-1].chip_rule,
+                min_memory_gb=demand.min_memory_gb, fit_model=resolved[-1].fit_model,
+                fit_precision=resolved[-1].fit_precision, fit_weights_only=demand.weights_only, cards=demand.cards,
+                placement=demand.placement, interconnects=sorted(set(demand.interconnects)),
+                duration_hours=demand.duration_hours, earliest_start=demand.earliest_start,
+                latest_end=demand.latest_end, max_price_per_card_hour=demand.max_price_per_card_hour,
+                region_policy=demand.region.policy, center_lat=demand.region.lat, center_lon=demand.region.lon,
+                radius_km=demand.region.radius_km))
+        except ValidationFailed as error:
+            out.append(error)
+    created = [o for o in out if isinstance(o, Order)]
+    if not created:
+        return out
+    stamp = timezone.now()
+    # Plain set-based inserts: the ORM's per-field preparation costs more than the statements here.
+    with transaction.atomic(), connection.cursor() as cursor:
+        # ids drawn first, so each order knows its row without relying on RETURNING's order
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('marketplace_order', 'id')) FROM generate_series(1, %s)",
+                       [len(created)])
+        for order, (pk,) in zip(created, cursor.fetchall()):
+            order.pk, order.status, order.created_at, order.updated_at = pk, Order.Status.OPEN, stamp, stamp
+        columns = {
+            "id": ("bigint", [o.pk for o in created]),
+            "organisation_id": ("bigint", [o.organisation_id for o in created]),
+            "chip_rule": ("text", [o.chip_rule for o in created]),
+            "min_memory_gb": ("int", [o.min_memory_gb for o in created]),
+            "fit_model_id": ("bigint", [o.fit_model_id for o in created]),
+            "fit_precision": ("text", [o.fit_precision or "" for o in created]),
+            "fit_weights_only": ("bool", [bool(o.fit_weights_only) for o in created]),
+            "cards": ("int", [o.cards for o in created]), "placement": ("text", [o.placement for o in created]),
+            "interconnects": ("jsonb", [json.dumps(o.interconnects) for o in created]),
+            "duration_hours": ("int", [o.duration_hours for o in created]),
+            "earliest_start": ("timestamptz", [o.earliest_start for o in created]),
+            "latest_end": ("timestamptz", [o.latest_end for o in created]),
+            "max_price_per_card_hour": ("numeric", [o.max_price_per_card_hour for o in created]),
+            "region_policy": ("text", [o.region_policy for o in created]),
+            "center_lat": ("float8", [o.center_lat for o in created]),
+            "center_lon": ("float8", [o.center_lon for o in created]),
+            "radius_km": ("int", [o.radius_km for o in created]),
+        }
+        names = ", ".join(columns)
+        cursor.execute(
+            f"INSERT INTO marketplace_order ({names}, kind, status, workload_image, workload_command, ssh_public_key,"
+            f" status_reason, rematch_count, created_at, updated_at)"
+            f" SELECT {names}, 'card_hours', 'open', '', '', '', '', 0, %s, %s FROM unnest("
+            + ", ".join(f"%s::{kind}[]" for kind, _ in columns.values())
+            + f") AS t({names})",
+            [stamp, stamp, *[values for _, values in columns.values()]])
+        options = [(order.pk, o.chip.pk, o.cards) for order, r in zip(created, resolved) for o in r.options]
+        cursor.execute("INSERT INTO marketplace_orderchipoption (order_id, chip_id, cards)"
+                       " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[])",
+                       [[x[0] for x in options], [x[1] for x in options], [x[2] for x in options]])
+        regions = [(order.pk, region.pk) for order, r in zip(created, resolved) for region in r.regions]
+        if regions:
+            cursor.execute("INSERT INTO marketplace_order_allowed_regions (order_id, region_id)"
+                           " SELECT * FROM unnest(%s::bigint[], %s::bigint[])",
+                           [[x[0] for x in regions], [x[1] for x in regions]])
+    return out
+
+
 def order_create_tokens(*, organisation: Organisation, demand: TokensDemand, workload: dict | None = None) -> Order:
     for name in ("max_price_input_hit_per_m", "max_price_input_miss_per_m", "max_price_output_per_m"):
         _check_price(getattr(demand, name), name, MAX_PRICE_PER_MILLION)
@@ -491,14 +565,13 @@ def order_expire_due(*, now=None) -> int:
     due = [pk for pk, latest_end, duration in Order.objects.filter(
         status=Order.Status.OPEN, kind=Order.Kind.CARD_HOURS, latest_end__lt=horizon,
     ).values_list("pk", "latest_end", "duration_hours") if hour_index(latest_end) - duration < next_hour]
-    expired = 0
-    for pk in sorted(due):
-        with transaction.atomic():
-            order = Order.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Order.Status.OPEN).first()
-            if order is None:
-                continue
-            order.status = Order.Status.EXPIRED
-            order.status_reason = "the window closed before the order could be matched"
-            order.save(update_fields=["status", "status_reason", "updated_at"])
-            expired += 1
-    return expired
+    if not due:
+        return 0
+    # One statement: lock the due orders still open (skipping any a matching round holds), expire them.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE marketplace_order SET status = %s, status_reason = %s, updated_at = %s WHERE id IN ("
+            " SELECT id FROM marketplace_order WHERE id = ANY(%s) AND status = %s ORDER BY id FOR UPDATE SKIP LOCKED)",
+            [Order.Status.EXPIRED, "the window closed before the order could be matched", timezone.now(), sorted(due),
+             Order.Status.OPEN])
+        return cursor.rowcount

@@ -28,7 +28,7 @@ from marketplace.services import nodes_lock_shared
 from billing.services import (InsufficientFunds, MatchHold, allocation_hold_expiry, allocation_hold_place,
                               allocation_max_cost, buyer_funds_lock, match_holds_place)
 
-from .engine.engine import run_engine
+from .engine.engine import opening_best, run_engine
 from .engine.types import EngineParams, EngineResult, from_micro
 from .models import MatchReview, MatchRound, ReviewPolicy
 from .snapshot import load_snapshot
@@ -45,6 +45,9 @@ class RoundOutcome:
     flagged: int = 0
     skipped_stale: int = 0
     replayed: bool = False
+    # With ``probe``: the orders that had a feasible placement within their bid when the round
+    # opened (they could have been served by this round, whether or not they were).
+    servable: tuple[int, ...] = ()  # a tuple: the Celery task returns the outcome as JSON
 
 
 def review_policy_current() -> ReviewPolicy:
@@ -54,8 +57,9 @@ def review_policy_current() -> ReviewPolicy:
 # --- rounds -----------------------------------------------------------------------------------
 
 def round_run(*, bucket: str, round_id: str | None = None, price_rule: str | None = None,
-              now=None, pause_before_commit: float = 0.0) -> RoundOutcome:
+              now=None, pause_before_commit: float = 0.0, probe: bool = False) -> RoundOutcome:
     """Load a snapshot of ``bucket``, run the engine and persist the result atomically.
+    ``probe`` also reports which orders could have been served at the opening (``servable``).
 
     Idempotent by ``round_id``: a round that already committed is not run again (a retried or
     redelivered task is a no-op). ``pause_before_commit`` exists for the crash test only.
@@ -75,10 +79,16 @@ def round_run(*, bucket: str, round_id: str | None = None, price_rule: str | Non
     params = EngineParams(excluded_pairs=snapshot.excluded_pairs, related_parties=snapshot.related_parties,
                           price_rule=price_rule or EngineParams.price_rule)
     result = run_engine(snapshot.supply, snapshot.demand, params)
+    servable: tuple[int, ...] = ()
+    if probe and snapshot.supply.size and snapshot.demand.size:
+        best = opening_best(snapshot.supply, snapshot.demand)
+        servable = tuple(snapshot.demand.order_id[best >= 0].tolist())
     t2 = time.perf_counter()
-    return round_persist(round_id=round_id, bucket=bucket, result=result, price_rule=params.price_rule,
-                         orders_considered=snapshot.demand.size, listings_considered=snapshot.supply.size,
-                         timings=(t1 - t0, t2 - t1), pause_before_commit=pause_before_commit)
+    outcome = round_persist(round_id=round_id, bucket=bucket, result=result, price_rule=params.price_rule,
+                            orders_considered=snapshot.demand.size, listings_considered=snapshot.supply.size,
+                            timings=(t1 - t0, t2 - t1), pause_before_commit=pause_before_commit)
+    outcome.servable = servable
+    return outcome
 
 
 def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rule: str, orders_considered: int = 0,

@@ -76,7 +76,6 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
     vendor, hub = parse_bucket(bucket)
     regions = list(Region.objects.all())
     by_id = {r.pk: r for r in regions}
-    n_regions = max(by_id) + 1
     hubs = {r.pk: hub_of(r, by_id) for r in regions}
     hub_index = {h: i for i, h in enumerate(sorted(set(hubs.values())))}
     chips = {c.pk: vendor_slug(c.vendor) for c in ChipType.objects.all()}
@@ -120,7 +119,19 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
         free=free, price_bucket=np.array([r[3] * 1000 + hub_index[hubs[r[4]]] for r in rows], dtype=np.int64),
     )
 
-    # --- demand -----------------------------------------------------------------------------
+    demand = demand_book(demand_rows, h0=h0, horizon=horizon, regions=regions)
+    excluded = _excluded_pairs(demand.order_id)
+    related = related_parties(organisation_ids=set(demand.buyer.tolist()))
+    return Snapshot(bucket=bucket, supply=supply, demand=demand, excluded_pairs=excluded, related_parties=related,
+                    listing_node={int(r[0]): int(r[1]) for r in rows},
+                    listing_supplier={int(r[0]): int(r[2]) for r in rows})
+
+
+def demand_book(demand_rows: list[dict], *, h0: int, horizon: int, regions: list[Region]) -> DemandBook:
+    """Engine arrays for order rows (``order_rows``), hours relative to ``h0``, windows cut at
+    ``horizon``."""
+    by_id = {r.pk: r for r in regions}
+    n_regions = max(by_id) + 1
     rules: dict[RegionRule, int] = {}
     infos = {r.pk: region_info(r, by_id) for r in regions}
     o_rule, opt_ptr, opt_chip, opt_cards = [], [0], [], []
@@ -136,7 +147,7 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
     for rule, i in rules.items():
         for pk, info in infos.items():
             allowed[i, pk] = region_allows(rule, info)
-    demand = DemandBook(
+    return DemandBook(
         order_id=np.array([r["id"] for r in demand_rows], dtype=np.int64),
         arrival=np.array([r["id"] for r in demand_rows], dtype=np.int64),
         bid=np.array([to_micro(r["max_price_per_card_hour"]) for r in demand_rows], dtype=np.int64),
@@ -152,23 +163,25 @@ def load_snapshot(bucket: str, *, now=None) -> Snapshot:
         opt_chip=np.array(opt_chip, dtype=np.int32), opt_cards=np.array(opt_cards, dtype=np.int16), allowed=allowed,
         buyer=np.array([r["organisation_id"] for r in demand_rows], dtype=np.int64),
     )
-    excluded = _excluded_pairs(demand.order_id)
-    related = related_parties(organisation_ids=set(demand.buyer.tolist()))
-    return Snapshot(bucket=bucket, supply=supply, demand=demand, excluded_pairs=excluded, related_parties=related,
-                    listing_node={int(r[0]): int(r[1]) for r in rows},
-                    listing_supplier={int(r[0]): int(r[2]) for r in rows})
 
 
 def _open_orders(chip_ids: set[int]) -> list[dict]:
     """Open card-hour orders accepting one of these chips, without a live allocation (one under
     review is live), each with its chip options and allowed regions."""
     live = Allocation.objects.filter(status__in=Allocation.ACTIVE).values("order_id")
-    orders = list(Order.objects.filter(status=Order.Status.OPEN, kind=Order.Kind.CARD_HOURS,
-                                       chip_options__chip_id__in=list(chip_ids))
-                  .exclude(pk__in=live).distinct().order_by("pk")
+    return order_rows(Order.objects.filter(status=Order.Status.OPEN, kind=Order.Kind.CARD_HOURS,
+                                           chip_options__chip_id__in=list(chip_ids)).exclude(pk__in=live),
+                      chip_ids=chip_ids)
+
+
+def order_rows(orders, *, chip_ids: set[int] | None = None) -> list[dict]:
+    """Card-hour orders (a queryset) as rows for ``demand_book``, each with its chip options (only
+    those of ``chip_ids``, if given) and allowed regions; orders left with no option are dropped."""
+    orders = list(orders.distinct().order_by("pk")
                   .values("id", "duration_hours", "earliest_start", "latest_end", "max_price_per_card_hour",
                           "interconnects", "placement", "region_policy", "center_lat", "center_lon", "radius_km",
-                          "organisation_id", "organisation__home_region_id"))
+                          "organisation_id", "organisation__home_region_id", "original_duration_hours",
+                          "rematch_count"))
     if not orders:
         return []
     ids = [o["id"] for o in orders]
@@ -178,7 +191,7 @@ def _open_orders(chip_ids: set[int]) -> list[dict]:
         cursor.execute("SELECT order_id, chip_id, cards FROM marketplace_orderchipoption WHERE order_id = ANY(%s) "
                        "ORDER BY order_id, chip_id", [ids])
         for order_id, chip_id, cards in cursor.fetchall():
-            if chip_id in chip_ids:
+            if chip_ids is None or chip_id in chip_ids:
                 options.setdefault(order_id, []).append((chip_id, cards))
         cursor.execute("SELECT ar.order_id, r.code FROM marketplace_order_allowed_regions ar "
                        "JOIN marketplace_region r ON r.id = ar.region_id WHERE ar.order_id = ANY(%s)", [ids])

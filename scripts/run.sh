@@ -19,7 +19,7 @@ fi
 $PY manage.py migrate --noinput -v0
 $PY manage.py seed_demo
 if [[ "${DATABASE_URL:-}" == postgres* ]]; then
-  echo "Simulating a market through the real pipeline (about two minutes, once per database) ..."
+  echo "Simulating 72 hours of a 1,000-node market through the real pipeline (a few minutes, once per database) ..."
   $PY manage.py simulate --unless-present
 else
   echo "No PostgreSQL on 127.0.0.1:5432: serving the demo organisations only (the simulated market needs it)."
