@@ -3,7 +3,8 @@ from django.http import JsonResponse
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from config.api.errors import error_body, json_404
+from config.api.errors import json_404
+from config.api.index import ApiIndexApi
 
 
 def health(request):
