@@ -118,7 +118,7 @@ class UsageEventBatchApi(APIView):
 
     # Documents the request only: billing.metering.usage_batch_parse validates it.
     class BatchInput(serializers.Serializer):
-        events = UsageEventInput(many=True, allow_empty=False, max_length=1000)
+        events = serializers.ListField(child=UsageEventInput(), min_length=1, max_length=1000)
 
     @extend_schema(request=BatchInput, responses={200: inline_serializer(
         "UsageBatchResult", {"results": serializers.JSONField(), "counts": serializers.JSONField()})})

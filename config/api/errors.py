@@ -100,3 +100,8 @@ def json_404(request, exception=None):
 
 def json_500(request):
     return JsonResponse(error_body("server_error", "Internal error; it has been logged."), status=500)
+
+
+def csrf_failure(request, reason=""):
+    """A session request without its CSRF token, in the API's error shape (settings.CSRF_FAILURE_VIEW)."""
+    return JsonResponse(error_body("permission_denied", f"CSRF check failed: {reason}"), status=403)

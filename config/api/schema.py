@@ -12,11 +12,20 @@
   ``Retry-After``) and 503 everywhere (the statement timeout).
 
 It also marks every request-body component ``additionalProperties: false``, which is what
-``config.api.strict`` enforces. Being a hook over the generated schema, it covers every endpoint,
+``config.api.strict`` enforces, and ``ContractAutoSchema`` (the default schema class) publishes
+request fields as strictly as ``config.api.strict`` checks them: a decimal's exact pattern, text
+that may not hold NUL or, unless blank is allowed, be only whitespace (DRF trims it). Being a hook over the generated schema, it covers every endpoint,
 including ones added later; a view only declares its success response and request body with
 ``extend_schema`` as before.
 """
 from __future__ import annotations
+
+import sys
+
+from drf_spectacular.openapi import AutoSchema
+from rest_framework import serializers
+
+from .strict import MAX_MOMENT, MIN_MOMENT, decimal_regex
 
 ERROR_COMPONENT = "Error"
 ERROR_SCHEMA = {
@@ -84,3 +93,31 @@ def errors_document(result: dict, generator, request, public) -> dict:
         if name.endswith("Request") and schema.get("type") == "object" and "properties" in schema:
             schema["additionalProperties"] = False
     return result
+
+
+# Python's whitespace (what DRF's CharField trims) and NUL, as a regex class body.
+_TRIMMED = "".join(f"\\u{code:04x}" for code in range(sys.maxunicode + 1) if code == 0 or chr(code).isspace())
+NON_BLANK_TEXT = f"^[^\\u0000]*[^{_TRIMMED}][^\\u0000]*$"
+ANY_TEXT = "^[^\\u0000]*$"
+DATETIME_DESCRIPTION = (f"An ISO 8601 moment with a time zone, from {MIN_MOMENT:%Y-%m-%d} up to (not including) "
+                        f"{MAX_MOMENT:%Y-%m-%d} UTC.")
+
+
+class ContractAutoSchema(AutoSchema):
+    """drf-spectacular's AutoSchema, publishing request fields as config.api.strict checks them."""
+
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if direction != "request" or not isinstance(schema, dict):
+            return schema
+        if isinstance(field, (serializers.ListField, serializers.ListSerializer)) and not field.allow_empty:
+            schema.setdefault("minItems", 1)
+        if isinstance(field, serializers.DecimalField):
+            schema.pop("format", None)
+            schema["pattern"] = decimal_regex(field)
+        elif isinstance(field, serializers.DateTimeField):
+            schema.setdefault("description", DATETIME_DESCRIPTION)
+        elif (isinstance(field, serializers.CharField) and schema.get("type") == "string"
+              and not {"pattern", "format", "enum"} & set(schema)):
+            schema["pattern"] = ANY_TEXT if field.allow_blank else NON_BLANK_TEXT
+        return schema

@@ -51,6 +51,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+CSRF_FAILURE_VIEW = "config.api.errors.csrf_failure"
 WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
@@ -159,14 +160,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.DefaultPagination",
     "PAGE_SIZE": 50,
     # JSON only: one body format to document, validate and bound (config.api.limits).
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.api.parsers.ObjectJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["config.api.throttling.ApiRateThrottle"],
     "NUM_PROXIES": int(os.environ.get("SANDUISAN_NUM_PROXIES", "0")),
     "DEFAULT_FILTER_BACKENDS": [
         "config.api.filters.OpaqueIdFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.api.schema.ContractAutoSchema",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -181,6 +182,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Scattered GPU supply meets scattered demand: nodes, listings, orders, quotes.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and docs are public, like the index that links to them.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
