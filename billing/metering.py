@@ -28,6 +28,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from config.api.strict import DATETIME_OUT_OF_RANGE, MAX_MOMENT, MIN_MOMENT
 from config.errors import ValidationFailed
 from marketplace.models import Allocation
 
@@ -129,6 +130,8 @@ def _datetime(value) -> tuple[datetime | None, list[str] | None]:
         return None, [REQUIRED]
     if value is None:
         return None, [NULL]
+    if type(value) is not str:
+        return None, [NOT_A_STRING]
     try:
         parsed = parse_datetime(value)  # datetime.fromisoformat, then Django's looser pattern
     except (ValueError, TypeError):
@@ -138,9 +141,12 @@ def _datetime(value) -> tuple[datetime | None, list[str] | None]:
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         return None, [NAIVE_DATETIME]
     try:
-        return parsed.astimezone(_UTC), None
+        moment = parsed.astimezone(_UTC)
     except OverflowError:
         return None, [DATETIME_OVERFLOW]
+    if not MIN_MOMENT <= moment < MAX_MOMENT:
+        return None, [DATETIME_OUT_OF_RANGE]
+    return moment, None
 
 
 def _event_slow(item) -> tuple[UsageIn | None, dict[str, list[str]] | list[str]]:
@@ -191,7 +197,7 @@ def _events_parse(items: list) -> tuple[list[UsageIn], dict[str, list[str]]]:
                         moment = fromisoformat(at)
                     except ValueError:
                         moment = None
-                    if moment is not None and moment.tzinfo is _UTC:
+                    if moment is not None and moment.tzinfo is _UTC and MIN_MOMENT <= moment < MAX_MOMENT:
                         events.append(UsageIn(event_id, allocation, moment, hit, miss, out))
                         continue
         event, problems = _event_slow(item)

@@ -108,10 +108,16 @@ def _strict(original, check):
 
 def _serializer_to_internal_value(original):
     def to_internal_value(self, data):
-        unknown = unknown_fields(self, data)
+        unknown = {key: [UNKNOWN_FIELD] for key in unknown_fields(self, data)}
+        try:
+            value = original(self, data)
+        except serializers.ValidationError as exc:
+            if unknown and isinstance(exc.detail, dict):  # every problem at once, unknown keys too
+                raise serializers.ValidationError({**exc.detail, **unknown})
+            raise
         if unknown:
-            raise serializers.ValidationError({key: [UNKNOWN_FIELD] for key in unknown})
-        return original(self, data)
+            raise serializers.ValidationError(unknown)
+        return value
 
     return to_internal_value
 

@@ -37,7 +37,7 @@ class ApiRateThrottle(BaseThrottle):
         user = getattr(request, "user", None)
         api_key = getattr(user, "api_key", None)
         if api_key is not None:
-            return "api", f"key:{api_key.pk}"
+            return "api", f"key:{api_key.prefix}"
         if user is not None and user.is_authenticated:
             return "api", f"user:{user.pk}"
         return "anon", f"ip:{request.META.get('REMOTE_ADDR', '')}"
