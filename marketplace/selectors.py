@@ -2,7 +2,7 @@
 raises ``NotFound`` (the API answers 404, never 403, for another organisation's objects)."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -209,17 +209,32 @@ def earliest_runs(*, needs: dict[int, int], first: int, last: int, duration: int
     return starts
 
 
+def sliding_min(values: list[int], width: int) -> list[int]:
+    """``[min(values[i:i + width]) for i in range(len(values) - width + 1)]`` in linear time
+    (a monotonic deque of candidate indexes)."""
+    out: list[int] = []
+    candidates: deque[int] = deque()
+    for i, value in enumerate(values):
+        while candidates and values[candidates[-1]] >= value:
+            candidates.pop()
+        candidates.append(i)
+        if candidates[0] <= i - width:
+            candidates.popleft()
+        if i >= width - 1:
+            out.append(values[candidates[0]])
+    return out
+
+
 def _fabric_offer(members: list[Listing], need: int, duration: int, free_series, first: int,
                   by_id: dict[int, Region]) -> _Offer | None:
     """Cheapest-first fill of one fabric: add nodes until their common free cards cover ``need``."""
     members = sorted(members, key=lambda l: (l.ask_per_card_hour, l.pk))
-    series = [free_series(l) for l in members]
-    length = len(series[0]) if series else 0
-    for start in range(0, max(0, length - duration + 1)):
+    # free cards of each member over every window of ``duration`` hours, in one pass per member
+    window_mins = [sliding_min(free_series(l), duration) for l in members]
+    for start in range(len(window_mins[0]) if window_mins else 0):
         remaining, used, ask = need, 0, Decimal(0)
-        for listing, s in zip(members, series):
-            window_free = min(s[start:start + duration])
-            take = min(window_free, remaining)
+        for listing, mins in zip(members, window_mins):
+            take = min(mins[start], remaining)
             if take >= max(1, listing.min_cards):
                 remaining -= take
                 used += 1

@@ -7,7 +7,7 @@ from django.db import connection
 
 from marketplace import services
 from marketplace.models import ChipType, ListingHour, Order, Region
-from marketplace.selectors import earliest_runs
+from marketplace.selectors import sliding_min, earliest_runs
 from matching.engine.calendar import earliest_run
 
 from tests.factories import NodeFactory, OrganisationFactory, make_listing
@@ -124,3 +124,10 @@ def test_earliest_runs_in_sql_agree_with_the_python_scan():
                     series = [free.get(h, 0) - sold.get(h, 0) for h in range(lo, hi)]
                     start = earliest_run(series, duration, need)
                     assert found.get(listing.pk) == (None if start is None else lo + start), (duration, need, lo)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 20, 21])
+def test_thesliding_minimum_is_the_minimum_of_every_window(width):
+    rng = random.Random(width)
+    values = [rng.randrange(9) for _ in range(20)]
+    assert sliding_min(values, width) == [min(values[i:i + width]) for i in range(len(values) - width + 1)]
