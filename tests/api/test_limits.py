@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import OperationalError, connection
 from django.http import HttpResponse
@@ -205,3 +206,15 @@ def test_api_requests_run_under_the_statement_timeout_and_other_requests_do_not(
     # then only the API request ran under the timeout, and the session is back to none
     assert seen == ["1234ms", "0"]
     assert _show_timeout() == "0"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_invalid_bearer_token_is_refused_even_with_a_valid_session(client):
+    # given a logged-in platform admin (a session cookie)
+    get_user_model().objects.create_user(username="ops", password="correct horse", is_staff=True)
+    assert client.login(username="ops", password="correct horse")
+    assert client.get("/api/v1/admin/reviews").status_code == 200
+    # when the request also states a bearer token that is not a valid key, then 401
+    for token in ("garbage", "sds_x_y", ""):
+        response = client.get("/api/v1/admin/reviews", HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert_error(response, 401)
