@@ -69,6 +69,8 @@ class UsageEventApi(APIView):
     """One token usage event from the supplier serving the allocation. 201 new, 200 replay (the
     original result), 409 same id with a different payload, 400 refused."""
 
+    throttle_scope = "usage"  # ingestion has its own, higher rate limit (config.api.throttling)
+
     @staticmethod
     def json_body(request):
         """The decoded body: orjson for UTF-8 JSON; otherwise (or if orjson refuses it) DRF's
@@ -112,9 +114,11 @@ class UsageEventApi(APIView):
 class UsageEventBatchApi(APIView):
     """Up to 1,000 events; one result per event, in order."""
 
+    throttle_scope = "usage"
+
     # Documents the request only: billing.metering.usage_batch_parse validates it.
     class BatchInput(serializers.Serializer):
-        events = UsageEventInput(many=True, allow_empty=False, max_length=1000)
+        events = serializers.ListField(child=UsageEventInput(), min_length=1, max_length=1000)
 
     @extend_schema(request=BatchInput, responses={200: inline_serializer(
         "UsageBatchResult", {"results": serializers.JSONField(), "counts": serializers.JSONField()})})

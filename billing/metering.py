@@ -12,7 +12,8 @@ other allocation (another supplier's, not a token allocation, ``pending_review``
 
 Validation (``usage_event_parse`` / ``usage_batch_parse``) is plain Python on the decoded JSON,
 with the messages DRF's serializer fields give, so the single and batch endpoints answer alike.
-Integers must be JSON integers (or integer strings); booleans and floats are refused, and so is a
+Integers must be JSON integers and the event id a JSON string (what the OpenAPI schema says);
+booleans, floats, numeric strings and keys the schema does not name are refused, and so is a
 datetime without a time zone.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from config.api.strict import DATETIME_OUT_OF_RANGE, MAX_MOMENT, MIN_MOMENT
 from config.errors import ValidationFailed
 from marketplace.models import Allocation
 
@@ -69,7 +71,6 @@ NOT_A_STRING = "Not a valid string."
 TOO_LONG = f"Ensure this field has no more than {MAX_EVENT_ID} characters."
 NULL_CHARACTERS = "Null characters are not allowed."
 NOT_AN_INTEGER = "A valid integer is required."
-STRING_TOO_LARGE = "String value too large."
 BAD_DATETIME = ("Datetime has wrong format. Use one of these formats instead: "
                 "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].")
 NAIVE_DATETIME = ("Datetime has no time zone. Add a UTC offset or Z: "
@@ -77,8 +78,11 @@ NAIVE_DATETIME = ("Datetime has no time zone. Add a UTC offset or Z: "
 DATETIME_OVERFLOW = "Datetime value out of range."
 EMPTY_LIST = "This list may not be empty."
 LIST_TOO_LONG = f"Ensure this field has no more than {MAX_BATCH} elements."
+UNKNOWN_FIELD = "Unknown field."  # config.api.strict's message
 _MISSING = object()
-_DECIMAL_TAIL = re.compile(r"\.0*\s*$")  # DRF's IntegerField accepts "12.0" strings
+_EVENT_FIELDS = frozenset({"event_id", "allocation", "occurred_at", "input_hit_tokens", "input_miss_tokens",
+                           "output_tokens"})
+_BATCH_FIELDS = frozenset({"events"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -95,10 +99,8 @@ def _event_id(value) -> tuple[str | None, list[str] | None]:
             return None, [BLANK]
     elif value is None:
         return None, [NULL]
-    elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    else:
         return None, [NOT_A_STRING]
-    else:  # DRF's CharField takes numbers as their text
-        value = str(value).strip()
     errors = []
     if len(value) > MAX_EVENT_ID:
         errors.append(TOO_LONG)
@@ -114,15 +116,8 @@ def _integer(value, *, default, minimum: int, maximum: int | None) -> tuple[int 
         return (default, None) if default is not None else (None, [REQUIRED])
     if value is None:
         return None, [NULL]
-    if type(value) is not int:
-        if type(value) is not str:  # bools and floats too: a count is a JSON integer
-            return None, [NOT_AN_INTEGER]
-        if len(value) > 1000:
-            return None, [STRING_TOO_LARGE]
-        try:
-            value = int(_DECIMAL_TAIL.sub("", value))
-        except ValueError:
-            return None, [NOT_AN_INTEGER]
+    if type(value) is not int:  # bools, floats and strings too: a count is a JSON integer
+        return None, [NOT_AN_INTEGER]
     if maximum is not None and value > maximum:
         return None, [f"Ensure this value is less than or equal to {maximum}."]
     if value < minimum:
@@ -135,6 +130,8 @@ def _datetime(value) -> tuple[datetime | None, list[str] | None]:
         return None, [REQUIRED]
     if value is None:
         return None, [NULL]
+    if type(value) is not str:
+        return None, [NOT_A_STRING]
     try:
         parsed = parse_datetime(value)  # datetime.fromisoformat, then Django's looser pattern
     except (ValueError, TypeError):
@@ -144,9 +141,12 @@ def _datetime(value) -> tuple[datetime | None, list[str] | None]:
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         return None, [NAIVE_DATETIME]
     try:
-        return parsed.astimezone(_UTC), None
+        moment = parsed.astimezone(_UTC)
     except OverflowError:
         return None, [DATETIME_OVERFLOW]
+    if not MIN_MOMENT <= moment < MAX_MOMENT:
+        return None, [DATETIME_OUT_OF_RANGE]
+    return moment, None
 
 
 def _event_slow(item) -> tuple[UsageIn | None, dict[str, list[str]] | list[str]]:
@@ -157,7 +157,7 @@ def _event_slow(item) -> tuple[UsageIn | None, dict[str, list[str]] | list[str]]
     if not isinstance(item, dict):
         return None, [_not_a_dict(item)]
     get = item.get
-    values, errors = {}, {}
+    values, errors = {}, {key: [UNKNOWN_FIELD] for key in sorted(map(str, item.keys() - _EVENT_FIELDS))}
     for name, (value, error) in (
             ("event_id", _event_id(get("event_id", _MISSING))),
             ("allocation", _integer(get("allocation", _MISSING), default=None, minimum=1, maximum=None)),
@@ -183,7 +183,7 @@ def _events_parse(items: list) -> tuple[list[UsageIn], dict[str, list[str]]]:
     errors: dict[str, list[str]] = {}
     fromisoformat = datetime.fromisoformat
     for index, item in enumerate(items):
-        if type(item) is dict:
+        if type(item) is dict and item.keys() <= _EVENT_FIELDS:
             get = item.get
             event_id, allocation, at = get("event_id"), get("allocation"), get("occurred_at")
             hit, miss, out = get("input_hit_tokens", 0), get("input_miss_tokens", 0), get("output_tokens", 0)
@@ -197,7 +197,7 @@ def _events_parse(items: list) -> tuple[list[UsageIn], dict[str, list[str]]]:
                         moment = fromisoformat(at)
                     except ValueError:
                         moment = None
-                    if moment is not None and moment.tzinfo is _UTC:
+                    if moment is not None and moment.tzinfo is _UTC and MIN_MOMENT <= moment < MAX_MOMENT:
                         events.append(UsageIn(event_id, allocation, moment, hit, miss, out))
                         continue
         event, problems = _event_slow(item)
@@ -235,6 +235,9 @@ def usage_batch_parse(data) -> list[UsageIn]:
         raise _refuse({"non_field_errors": [NO_DATA]})
     if not isinstance(data, dict):
         raise _refuse({"non_field_errors": [_not_a_dict(data)]})
+    unknown = sorted(map(str, data.keys() - _BATCH_FIELDS))
+    if unknown:
+        raise _refuse({key: [UNKNOWN_FIELD] for key in unknown})
     items = data.get("events", _MISSING)
     if items is _MISSING:
         raise _refuse({"events": [REQUIRED]})

@@ -11,6 +11,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.api.filters import IdFilter, OpaqueIdFilterSet
 from config.api.jsonable import jsonable
 from config.errors import NotFound
 from lifecycle import services as lifecycle
@@ -182,10 +183,10 @@ class ChargeOutput(serializers.Serializer):
         return "buyer" if charge.buyer_id == self.context["organisation"].pk else "supplier"
 
 
-class ChargeFilter(django_filters.FilterSet):
+class ChargeFilter(OpaqueIdFilterSet):
     kind = django_filters.ChoiceFilter(choices=Charge.Kind.choices)
-    order = django_filters.NumberFilter(field_name="order_id")
-    allocation = django_filters.NumberFilter(field_name="allocation_id")
+    order = IdFilter(field_name="order_id")
+    allocation = IdFilter(field_name="allocation_id")
 
     class Meta:
         model = Charge

@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from config.api.errors import error_body, json_404
+from config.api.errors import json_404
+from config.api.index import ApiIndexApi
 
 
 def health(request):
@@ -18,6 +20,7 @@ api_v1 = [
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
 ]
+api_v1.insert(0, path("", ApiIndexApi.as_view(patterns=list(api_v1)), name="api-index"))
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -25,7 +28,8 @@ urlpatterns = [
     path("health", health),
     path("api/v1/", include(api_v1)),
     # Unknown API paths answer in the API's error shape, not with an HTML page.
-    re_path(r"^api/", lambda request, *a, **k: json_404(request)),
+    # CSRF-exempt like every API view, so an unknown path answers 404 whatever the method and cookies.
+    re_path(r"^api/", csrf_exempt(lambda request, *a, **k: json_404(request))),
 ]
 
 handler404 = "config.api.errors.json_404"

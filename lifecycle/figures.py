@@ -67,7 +67,7 @@ def buyer_figures(*, organisation: Organisation, start: datetime, end: datetime)
     open_orders = Order.objects.filter(organisation=organisation, status=Order.Status.OPEN).order_by("-pk")
     waiting = Counter()
     for pk in open_orders.values_list("pk", flat=True)[:EXPLAINED_ORDERS]:
-        reasons = order_explain(organisation=organisation, order_id=pk)["reasons"]
+        reasons = order_explain(organisation=organisation, order_id=pk, with_alternatives=False)["reasons"]
         waiting[reasons[0]["code"] if reasons else "unknown"] += 1
     statuses = dict(Order.objects.filter(organisation=organisation).values_list("status").annotate(n=Count("id")))
     return {

@@ -4,12 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api.idempotency import idempotent
+from config.api.idempotency import HEADER, KEY_SCHEMA, idempotent
 from config.api.jsonable import jsonable
 from config.errors import ValidationFailed
 from lifecycle import services as lifecycle
@@ -148,6 +148,13 @@ class TokensInput(serializers.Serializer):
         )
 
 
+ORDER_INPUT = PolymorphicProxySerializer(component_name="OrderInput", resource_type_field_name="kind", serializers={
+    Order.Kind.CARD_HOURS.value: CardHoursInput, Order.Kind.TOKENS.value: TokensInput})
+IDEMPOTENCY_KEY = OpenApiParameter(HEADER, KEY_SCHEMA, OpenApiParameter.HEADER, required=False,
+                                   description="Replays the first response for the same key and body (1-200 "
+                                               "characters, per organisation).")
+
+
 class KindInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=Order.Kind.choices)
 
@@ -163,7 +170,7 @@ def _demand_input(data) -> tuple[str, serializers.Serializer, dict]:
 # --- catalogues -----------------------------------------------------------------------------------
 
 class RegionOutput(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
 
     class Meta:
         model = Region
@@ -361,7 +368,7 @@ class ListingListCreateApi(OrganisationScopedListMixin, generics.ListAPIView):
         min_hours = serializers.IntegerField(min_value=1, max_value=24 * 90, default=1)
         token_endpoint = TokenEndpointIO(required=False)
 
-    @extend_schema(request=ListingListCreateInput, responses={201: ListingOutput})
+    @extend_schema(request=ListingListCreateInput, responses={201: ListingOutput}, parameters=[IDEMPOTENCY_KEY])
     def post(self, request):
         actor = actor_for_request(request)
         actor.require_write()
@@ -460,8 +467,8 @@ class OrderListCreateApi(OrganisationScopedListMixin, generics.ListAPIView):
     filterset_fields = ["status", "kind"]
     ordering_fields = ["id", "created_at", "max_price_per_card_hour"]
 
-    @extend_schema(request=CardHoursInput, responses={201: OrderOutput},
-                   description="Body is a card_hours order (shown) or a tokens order (kind='tokens').")
+    @extend_schema(request=ORDER_INPUT, responses={201: OrderOutput}, parameters=[IDEMPOTENCY_KEY],
+                   description="Body is a card_hours order or a tokens order (by `kind`).")
     def post(self, request):
         actor = actor_for_request(request)
         actor.require_write()
@@ -559,7 +566,7 @@ class AllocationDetailApi(APIView):
 # --- quotes ---------------------------------------------------------------------------------------
 
 class QuoteApi(APIView):
-    @extend_schema(request=CardHoursInput, responses={200: inline_serializer("Quote", {
+    @extend_schema(request=ORDER_INPUT, responses={200: inline_serializer("Quote", {
         "kind": serializers.CharField(), "offers": serializers.IntegerField(),
         "feasible_offers": serializers.IntegerField(), "best_price": serializers.JSONField(),
         "best_offer": serializers.JSONField(), "depth": serializers.JSONField()})},

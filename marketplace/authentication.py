@@ -44,8 +44,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not raw:
             header = request.headers.get("Authorization", "")
             scheme, _, value = header.partition(" ")
-            if scheme.lower() not in ("bearer", "api-key") or not value.startswith(f"{KEY_SCHEME}_"):
+            if scheme.lower() not in ("bearer", "api-key"):
                 return None
+            # A token that is not one of ours is refused, never skipped: falling back to a session
+            # cookie would accept a request whose stated credentials are invalid.
             raw = value.strip()
         parts = raw.split("_")
         if len(parts) != 3 or parts[0] != KEY_SCHEME:

@@ -2,10 +2,11 @@
 raises ``NotFound`` (the API answers 404, never 403, for another organisation's objects)."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -134,10 +135,11 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> 
     listings = [l for l in listings if region_allows(rule, region_info(by_id[l.node.region_id], by_id))]
 
     free: dict[int, dict[int, int]] = defaultdict(dict)
-    for listing_id, hour, offered, sold in ListingHour.objects.filter(
-            listing_id__in=[l.pk for l in listings], hour__gte=first, hour__lt=last
-    ).values_list("listing_id", "hour", "cards_offered", "cards_sold"):
-        free[listing_id][hour] = offered - sold
+    if demand.placement != "single_node":
+        for listing_id, hour, offered, sold in ListingHour.objects.filter(
+                listing_id__in=[l.pk for l in listings if l.node.fabric_id], hour__gte=first, hour__lt=last
+        ).values_list("listing_id", "hour", "cards_offered", "cards_sold"):
+            free[listing_id][hour] = offered - sold
 
     def free_series(listing: Listing) -> list[int]:
         hours = free.get(listing.pk, {})
@@ -145,14 +147,13 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> 
 
     offers: list[_Offer] = []
     if demand.placement == "single_node":
+        needs = {l.pk: cards_for_chip[l.node.chip_id] for l in listings
+                 if cards_for_chip[l.node.chip_id] >= l.min_cards}
+        starts = earliest_runs(needs=needs, first=first, last=last, duration=duration)
         for listing in listings:
-            need = cards_for_chip[listing.node.chip_id]
-            if need < listing.min_cards:
-                continue
-            start = earliest_run(free_series(listing), duration, need)
-            if start is not None:
+            if listing.pk in starts:
                 offers.append(_Offer(listing.node.chip.code, by_id[listing.node.region_id].code,
-                                     listing.ask_per_card_hour, need, first + start, 1))
+                                     listing.ask_per_card_hour, needs[listing.pk], starts[listing.pk], 1))
     else:
         groups: dict[tuple, list[Listing]] = defaultdict(list)
         for listing in listings:
@@ -182,17 +183,72 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> 
     }
 
 
+_EARLIEST_RUNS = """
+SELECT listing_id, min(island_start) FROM (
+    SELECT listing_id, min(hour) AS island_start FROM (
+        SELECT lh.listing_id, lh.hour,
+               lh.hour - row_number() OVER (PARTITION BY lh.listing_id ORDER BY lh.hour) AS island
+        FROM marketplace_listinghour lh
+        JOIN unnest(%s::bigint[], %s::int[]) AS need(listing_id, cards) ON need.listing_id = lh.listing_id
+        WHERE lh.hour >= %s AND lh.hour < %s AND lh.cards_offered - lh.cards_sold >= need.cards
+    ) free GROUP BY listing_id, island HAVING count(*) >= %s
+) runs GROUP BY listing_id
+"""
+
+
+def earliest_runs(*, needs: dict[int, int], first: int, last: int, duration: int) -> dict[int, int]:
+    """For each listing id in ``needs`` (listing -> cards needed), the first hour in
+    ``[first, last)`` that starts ``duration`` consecutive hours with that many cards free.
+
+    Set-based on PostgreSQL (gaps and islands over the ``(listing, hour)`` index: the calendar
+    rows never come into Python); elsewhere the rows are read and scanned with ``earliest_run``.
+    """
+    if not needs or last - first < duration:
+        return {}
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_EARLIEST_RUNS, [list(needs), list(needs.values()), first, last, duration])
+            return dict(cursor.fetchall())
+    free: dict[int, dict[int, int]] = defaultdict(dict)
+    for listing_id, hour, offered, sold in ListingHour.objects.filter(
+            listing_id__in=list(needs), hour__gte=first, hour__lt=last
+    ).values_list("listing_id", "hour", "cards_offered", "cards_sold"):
+        free[listing_id][hour] = offered - sold
+    starts = {}
+    for listing_id, need in needs.items():
+        hours = free.get(listing_id, {})
+        start = earliest_run([hours.get(h, 0) for h in range(first, last)], duration, need)
+        if start is not None:
+            starts[listing_id] = first + start
+    return starts
+
+
+def sliding_min(values: list[int], width: int) -> list[int]:
+    """``[min(values[i:i + width]) for i in range(len(values) - width + 1)]`` in linear time
+    (a monotonic deque of candidate indexes)."""
+    out: list[int] = []
+    candidates: deque[int] = deque()
+    for i, value in enumerate(values):
+        while candidates and values[candidates[-1]] >= value:
+            candidates.pop()
+        candidates.append(i)
+        if candidates[0] <= i - width:
+            candidates.popleft()
+        if i >= width - 1:
+            out.append(values[candidates[0]])
+    return out
+
+
 def _fabric_offer(members: list[Listing], need: int, duration: int, free_series, first: int,
                   by_id: dict[int, Region]) -> _Offer | None:
     """Cheapest-first fill of one fabric: add nodes until their common free cards cover ``need``."""
     members = sorted(members, key=lambda l: (l.ask_per_card_hour, l.pk))
-    series = [free_series(l) for l in members]
-    length = len(series[0]) if series else 0
-    for start in range(0, max(0, length - duration + 1)):
+    # free cards of each member over every window of ``duration`` hours, in one pass per member
+    window_mins = [sliding_min(free_series(l), duration) for l in members]
+    for start in range(len(window_mins[0]) if window_mins else 0):
         remaining, used, ask = need, 0, Decimal(0)
-        for listing, s in zip(members, series):
-            window_free = min(s[start:start + duration])
-            take = min(window_free, remaining)
+        for listing, mins in zip(members, window_mins):
+            take = min(mins[start], remaining)
             if take >= max(1, listing.min_cards):
                 remaining -= take
                 used += 1

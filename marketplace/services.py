@@ -12,8 +12,10 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
@@ -27,11 +29,14 @@ from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, catalogu
 from .hours import current_hour_index, hour_index, hour_start, is_whole_hour
 from matching.engine.geo import region_allows
 
-from .models import (AIModel, Allocation, AllocationPart, ApiKey, ChipType, Interconnect, Listing,
+from .models import (AIModel, Allocation, AllocationPart, ApiKey, ChipType, IdempotencyRecord, Interconnect, Listing,
                      ListingHour, Membership, Node, Order, OrderChipOption, Organisation, Region, RelatedParty, Role)
 from .selectors import related_parties, trade_barred
 
 MAX_LISTING_HOURS = 24 * 90
+# A listing starts at most this far ahead (README): a calendar is for capacity a supplier can
+# promise, and hour rows for year 9999 are not capacity.
+LISTING_HORIZON_DAYS = 365
 MAX_PRICE_PER_CARD_HOUR = Decimal("100000")
 MAX_PRICE_PER_MILLION = Decimal("100000")
 
@@ -175,6 +180,8 @@ def listing_create(*, organisation: Organisation, node_id: int, cards: int, star
         raise ValidationFailed.on("end", "A listing may span at most 90 days; list again later.")
     if end <= timezone.now():
         raise ValidationFailed.on("end", "Must be in the future.")
+    if start > timezone.now() + timedelta(days=LISTING_HORIZON_DAYS):
+        raise ValidationFailed.on("start", f"Must be within {LISTING_HORIZON_DAYS} days from now.")
     if min_cards > cards:
         raise ValidationFailed.on("min_cards", "Cannot exceed the cards offered.")
     if min_hours > last - first:
@@ -575,3 +582,11 @@ def order_expire_due(*, now=None) -> int:
             [Order.Status.EXPIRED, "the window closed before the order could be matched", timezone.now(), sorted(due),
              Order.Status.OPEN])
         return cursor.rowcount
+
+
+def idempotency_records_purge(*, now=None) -> int:
+    """Delete idempotency records older than ``IDEMPOTENCY_TTL_HOURS``; answers how many. Safe to
+    run any number of times (a key past its TTL is then free for a new request)."""
+    cutoff = (now or timezone.now()) - timedelta(hours=settings.SANDUISAN["IDEMPOTENCY_TTL_HOURS"])
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

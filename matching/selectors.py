@@ -30,7 +30,7 @@ def round_list() -> QuerySet[MatchRound]:
     return MatchRound.objects.all()
 
 
-def order_explain(*, organisation: Organisation, order_id: int) -> dict:
+def order_explain(*, organisation: Organisation, order_id: int, with_alternatives: bool = True) -> dict:
     """Why an open order is not matched yet, and the nearest alternatives that would match.
 
     Reasons, in the order they are checked: ``waiting_for_review``; ``insufficient_funds`` (the
@@ -39,6 +39,9 @@ def order_explain(*, organisation: Organisation, order_id: int) -> dict:
     ``capacity_taken`` (it would fit in the window if the sold slots were free) or
     ``no_capacity_in_window``; ``price_gap`` (best feasible ask X against the bid Y); otherwise
     ``matchable`` (it is in the money and the next round should match it).
+
+    ``with_alternatives=False`` gives the reasons only, without searching for alternatives (the
+    costly part), for callers that only count reasons (``billing.figures``).
     """
     order = order_get(organisation=organisation, order_id=order_id)
     out = {"order": order.pk, "status": order.status, "reasons": [], "alternatives": []}
@@ -93,7 +96,8 @@ def order_explain(*, organisation: Organisation, order_id: int) -> dict:
         out["reasons"].append({"code": "matchable", "message": "Feasible offers are within your price; the next "
                                                                 "matching round should match it."})
         return out
-    out["alternatives"].extend(_alternatives(order, organisation, demand, bid))
+    if with_alternatives:
+        out["alternatives"].extend(_alternatives(order, organisation, demand, bid))
     return out
 
 

@@ -17,6 +17,24 @@ from . import services
 from .snapshot import buckets_for_order, buckets_with_supply
 
 DEBOUNCE_SECONDS = 2
+# A queued round that has not started within this long is dropped by the worker (the next beat
+# queues a fresh one), so rounds never pile up while workers lag or are down.
+ROUND_EXPIRES_SECONDS = 120
+
+
+def _pending_key(bucket: str) -> str:
+    return f"matching:round-pending:{bucket}"
+
+
+def round_enqueue(bucket: str, *, countdown: int = 0, queue: str | None = None) -> bool:
+    """Queue a round for ``bucket`` unless one is already pending (queued and not yet started).
+    True if queued. The pending mark lives as long as the task may wait, so an expired task
+    frees its bucket too."""
+    if not cache.add(_pending_key(bucket), 1, timeout=countdown + ROUND_EXPIRES_SECONDS):
+        return False
+    options = {"queue": queue} if queue else {}
+    run_round.apply_async(args=[bucket], countdown=countdown, expires=countdown + ROUND_EXPIRES_SECONDS, **options)
+    return True
 
 
 def schedule_round(bucket: str) -> bool:
@@ -24,8 +42,7 @@ def schedule_round(bucket: str) -> bool:
     delay = settings.SANDUISAN.get("ROUND_DEBOUNCE_SECONDS", DEBOUNCE_SECONDS)
     if not cache.add(f"matching:round-queued:{bucket}", 1, timeout=max(1, delay)):
         return False
-    run_round.apply_async(args=[bucket], countdown=delay)
-    return True
+    return round_enqueue(bucket, countdown=delay)
 
 
 def schedule_rounds_for_order(*, order_id: int) -> list[str]:
@@ -42,6 +59,8 @@ def schedule_rounds_for_order(*, order_id: int) -> list[str]:
 @shared_task(bind=True, name="matching.run_round", acks_late=True, time_limit=600, soft_time_limit=540,
              max_retries=3)
 def run_round(self, bucket: str) -> dict:
+    # Started: an order arriving from now on may need a round of its own.
+    cache.delete(_pending_key(bucket))
     # The task id survives retries and redelivery, so a round is committed at most once.
     try:
         return asdict(services.round_run(bucket=bucket, round_id=f"{bucket}:{self.request.id}",
@@ -52,10 +71,8 @@ def run_round(self, bucket: str) -> dict:
 
 @shared_task(name="matching.run_all_rounds", time_limit=60, soft_time_limit=50, acks_late=True)
 def run_all_rounds() -> list[str]:
-    buckets = [*buckets_with_supply(), services.TOKENS_BUCKET]
-    for bucket in buckets:
-        run_round.delay(bucket)
-    return buckets
+    """Queue a round for every bucket with supply that has none pending; answers those queued."""
+    return [bucket for bucket in [*buckets_with_supply(), services.TOKENS_BUCKET] if round_enqueue(bucket)]
 
 
 @shared_task(name="matching.order_arrived", time_limit=60, soft_time_limit=50, acks_late=True)

@@ -10,6 +10,7 @@ import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -18,6 +19,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from config.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
+
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE when statement_timeout cuts a statement off
 
 
 def flatten_errors(detail, prefix: str = "") -> dict[str, list[str]]:
@@ -59,6 +62,14 @@ def exception_handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         fields = flatten_errors(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
         return Response(error_body("validation_error", "Invalid input.", fields), status=400)
+    if isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) == QUERY_CANCELED:
+        logger.warning("statement timeout on %s", context["request"].path)
+        return Response(error_body("statement_timeout", "The request took too long and was cut off; narrow it "
+                                   "(a shorter period, fewer hours) or retry later."), status=503)
+    if isinstance(exc, OverflowError):
+        # Date arithmetic on an input at the edge of what Python represents; DateTimeField bounds
+        # (config.api.strict) should refuse such input first.
+        return Response(error_body("validation_error", "A value is out of range."), status=400)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -89,3 +100,8 @@ def json_404(request, exception=None):
 
 def json_500(request):
     return JsonResponse(error_body("server_error", "Internal error; it has been logged."), status=500)
+
+
+def csrf_failure(request, reason=""):
+    """A session request without its CSRF token, in the API's error shape (settings.CSRF_FAILURE_VIEW)."""
+    return JsonResponse(error_body("permission_denied", f"CSRF check failed: {reason}"), status=403)

@@ -9,6 +9,7 @@ Error responses are not stored (nothing was created), so a corrected retry may r
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from collections.abc import Callable
 
@@ -20,6 +21,9 @@ from config.errors import Conflict, ValidationFailed
 from marketplace.models import IdempotencyRecord, Organisation
 
 HEADER = "Idempotency-Key"
+# Printable ASCII with something visible (HTTP servers trim surrounding blanks); published as is.
+KEY_PATTERN = r"^[\t -~]*[!-~][\t -~]*$"
+KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": KEY_PATTERN}
 
 
 def _request_hash(data) -> str:
@@ -40,8 +44,8 @@ def idempotent(request, *, organisation: Organisation, scope: str, handler: Call
     key = request.headers.get(HEADER)
     if key is None:
         return handler()
-    if not key or len(key) > 200:
-        raise ValidationFailed.on(HEADER, "Must be 1 to 200 characters.")
+    if not key or len(key) > 200 or not re.match(KEY_PATTERN, key):
+        raise ValidationFailed.on(HEADER, "Must be 1 to 200 printable ASCII characters.")
     request_hash = _request_hash(request.data)
     existing = IdempotencyRecord.objects.filter(organisation=organisation, scope=scope, key=key).first()
     if existing is not None:

@@ -13,6 +13,9 @@ from celery.schedules import crontab
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(os.environ.get("SANDUISAN_VAR_DIR", BASE_DIR / "var"))
 
+# "production" only in config.settings.production; seed_demo refuses to run there.
+ENVIRONMENT = "local"
+
 DEFAULT_SECRET_KEY = "insecure-local-only-secret-key-change-me"
 SECRET_KEY = os.environ.get("SECRET_KEY", DEFAULT_SECRET_KEY)
 DEBUG = os.environ.get("DEBUG", "0") == "1"
@@ -34,10 +37,12 @@ INSTALLED_APPS = [
     "billing",
     "lifecycle",
     "dashboard",
+    "config.api",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.api.limits.ApiRequestLimitsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -47,6 +52,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+CSRF_FAILURE_VIEW = "config.api.errors.csrf_failure"
 WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
@@ -66,7 +72,10 @@ TEMPLATES = [
 
 
 def database_from_env(default_url: str) -> dict:
-    config = dj_database_url.parse(os.environ.get("DATABASE_URL", default_url), conn_max_age=60)
+    # Health checks: a connection kept between requests is tested before reuse, so a restarted
+    # PostgreSQL costs a reconnect, not a 500.
+    config = dj_database_url.parse(os.environ.get("DATABASE_URL", default_url), conn_max_age=60,
+                                   conn_health_checks=True)
     config["ATOMIC_REQUESTS"] = False  # services open their own transactions
     return config
 
@@ -138,7 +147,11 @@ CELERY_BEAT_SCHEDULE = {
     "reviews-expire-due": {"task": "lifecycle.reviews_expire_due", "schedule": 60.0, "options": {"expires": 55}},
     "settle-due": {"task": "billing.settle_due", "schedule": 300.0},
     "invoices-monthly": {"task": "billing.invoices_issue_monthly", "schedule": crontab(minute=30, hour=0, day_of_month=1)},
+    "idempotency-purge": {"task": "marketplace.idempotency_records_purge", "schedule": 3600.0},
 }
+# celery beat's own state (last run times) lives under var/, never in the repository root.
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -148,11 +161,15 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["marketplace.permissions.IsOrganisationMember"],
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.DefaultPagination",
     "PAGE_SIZE": 50,
+    # JSON only: one body format to document, validate and bound (config.api.limits).
+    "DEFAULT_PARSER_CLASSES": ["config.api.parsers.ObjectJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["config.api.throttling.ApiRateThrottle"],
+    "NUM_PROXIES": int(os.environ.get("SANDUISAN_NUM_PROXIES", "0")),
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "config.api.filters.OpaqueIdFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.api.schema.ContractAutoSchema",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -167,10 +184,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Scattered GPU supply meets scattered demand: nodes, listings, orders, quotes.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and docs are public, like the index that links to them.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.schema.errors_document"],
     "ENUM_NAME_OVERRIDES": {
         "PrecisionEnum": "marketplace.models.AIModel.Precision",
         "InterconnectEnum": "marketplace.models.Interconnect",
@@ -181,6 +201,17 @@ SPECTACULAR_SETTINGS = {
         "InvoiceKindEnum": "billing.models.Invoice.Kind",
         "ChargeKindEnum": "billing.models.Charge.Kind",
     },
+}
+
+# API limits (README "API in brief"; config.api.limits and config.api.throttling).
+SANDUISAN_MAX_BODY_BYTES = int(os.environ.get("SANDUISAN_MAX_BODY_BYTES", str(1024 * 1024)))
+SANDUISAN_MAX_JSON_DEPTH = int(os.environ.get("SANDUISAN_MAX_JSON_DEPTH", "32"))
+SANDUISAN_STATEMENT_TIMEOUT_MS = int(os.environ.get("SANDUISAN_STATEMENT_TIMEOUT_MS", "5000"))
+DATA_UPLOAD_MAX_MEMORY_SIZE = SANDUISAN_MAX_BODY_BYTES + 1
+SANDUISAN_THROTTLE_RATES = {
+    "api": os.environ.get("SANDUISAN_THROTTLE_API", "1200/minute"),
+    "anon": os.environ.get("SANDUISAN_THROTTLE_ANON", "120/minute"),
+    "usage": os.environ.get("SANDUISAN_THROTTLE_USAGE", "12000/minute"),
 }
 
 # Marketplace rules (documented in README).

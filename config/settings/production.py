@@ -1,4 +1,12 @@
-"""Production refuses the laptop defaults: SQLite, the filesystem broker and the default secret."""
+"""Production refuses the laptop defaults: SQLite, the filesystem broker and the default secret.
+
+HTTPS only: HSTS (``SANDUISAN_HSTS_SECONDS``, default one year) and a redirect to HTTPS. Behind a
+TLS-terminating proxy, set ``SANDUISAN_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO`` (the header the
+proxy sets, and strips from clients) so Django knows a request came over HTTPS; without it the
+header is never trusted, since any client could send it.
+"""
+import os
+
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F401,F403
@@ -16,4 +24,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 DEBUG = False
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+ENVIRONMENT = "production"
+SECURE_SSL_REDIRECT = os.environ.get("SANDUISAN_SSL_REDIRECT", "1") == "1"
+# /health is probed over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+SECURE_HSTS_SECONDS = int(os.environ.get("SANDUISAN_HSTS_SECONDS", str(365 * 24 * 3600)))
+# The exchange's domain serves nothing over plain HTTP; set both to 0 for a shared parent domain.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = os.environ.get("SANDUISAN_HSTS_INCLUDE_SUBDOMAINS", "1") == "1"
+SECURE_HSTS_PRELOAD = os.environ.get("SANDUISAN_HSTS_PRELOAD", "1") == "1"
+if os.environ.get("SANDUISAN_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = (os.environ["SANDUISAN_PROXY_SSL_HEADER"], "https")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from matching import services as matching
 from matching.models import MatchReview, ReviewPolicy
@@ -36,6 +37,10 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
         yield chromium
         chromium.close()
+        # While Playwright's loop runs, Django keeps the test's ORM connection in that loop's context,
+        # which pytest-django's teardown never sees: close it here, or it stays open and the test
+        # database cannot be dropped ("being accessed by other users").
+        connections.close_all()
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 

@@ -1,11 +1,13 @@
 """One organisation never sees or changes another's data: every endpoint answers 404."""
+from datetime import timedelta
+
 import pytest
 
 from marketplace import services
 from marketplace.models import Listing, Node, Order
 from lifecycle import services as lifecycle
 
-from tests.factories import NodeFactory, make_listing
+from tests.factories import NodeFactory, make_listing, next_hour
 
 from .helpers import assert_error, card_hours_body
 
@@ -74,8 +76,9 @@ def test_lists_show_only_own_objects(world, path):
 
 
 def test_listing_on_another_organisations_node_is_refused(world):
-    body = {"node": world["node"].pk, "cards": 8, "start": "2030-01-01T00:00:00Z", "end": "2030-01-01T05:00:00Z",
-            "ask_per_card_hour": "5"}
+    start = next_hour(100)
+    body = {"node": world["node"].pk, "cards": 8, "start": start.isoformat(),
+            "end": (start + timedelta(hours=5)).isoformat(), "ask_per_card_hour": "5"}
     assert_error(world["b"].post("/api/v1/listings", body, format="json"), 400, field="node")
 
 

@@ -1,10 +1,14 @@
 """Quotes show the market without creating anything."""
+import random
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from marketplace import services
-from marketplace.models import ChipType, Order, Region
+from marketplace.models import ChipType, ListingHour, Order, Region
+from marketplace.selectors import sliding_min, earliest_runs
+from matching.engine.calendar import earliest_run
 
 from tests.factories import NodeFactory, OrganisationFactory, make_listing
 
@@ -93,3 +97,37 @@ def test_quote_validates_like_an_order(buyer_client):
     assert_error(buyer_client.post("/api/v1/quotes", card_hours_body(chips=["nope"]), format="json"), 400,
                  field="chips")
 
+
+
+def test_earliest_runs_in_sql_agree_with_the_python_scan():
+    """The set-based search for a node's first free run (quotes, explain) gives exactly what the
+    engine's linear scan gives, on calendars with gaps, partly sold hours and missing hours."""
+    # given five listings of 48 hours with random sales and a few hours missing from the calendar
+    rng = random.Random(11)
+    listings = [make_listing(NodeFactory(), hours=48) for _ in range(5)]
+    for listing in listings:
+        for row in ListingHour.objects.filter(listing=listing):
+            row.cards_sold = rng.choice([0, 0, 0, 2, 5, 8])
+            row.save(update_fields=["cards_sold"])
+        ListingHour.objects.filter(listing=listing, hour=listing.hours.order_by("hour")[rng.randrange(48)].hour).delete()
+    first = min(listing.hours.order_by("hour").first().hour for listing in listings)
+    assert connection.vendor == "postgresql"
+    for duration in (1, 2, 3, 5, 8, 13):
+        for need in (1, 3, 6, 8):
+            for lo, hi in ((first, first + 48), (first + 7, first + 30)):
+                # when both search the same window
+                found = earliest_runs(needs={l.pk: need for l in listings}, first=lo, last=hi, duration=duration)
+                # then they agree listing by listing
+                for listing in listings:
+                    free = dict(ListingHour.objects.filter(listing=listing).values_list("hour", "cards_offered"))
+                    sold = dict(ListingHour.objects.filter(listing=listing).values_list("hour", "cards_sold"))
+                    series = [free.get(h, 0) - sold.get(h, 0) for h in range(lo, hi)]
+                    start = earliest_run(series, duration, need)
+                    assert found.get(listing.pk) == (None if start is None else lo + start), (duration, need, lo)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 20, 21])
+def test_thesliding_minimum_is_the_minimum_of_every_window(width):
+    rng = random.Random(width)
+    values = [rng.randrange(9) for _ in range(20)]
+    assert sliding_min(values, width) == [min(values[i:i + width]) for i in range(len(values) - width + 1)]

@@ -7,7 +7,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,8 +23,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--admin-password", default="admin")
 
-    @transaction.atomic
     def handle(self, *args, **options):
+        if settings.ENVIRONMENT == "production":
+            raise CommandError("seed_demo creates a known admin login and demo money; it never runs with "
+                               "production settings.")
+        self.seed(options)
+
+    @transaction.atomic
+    def seed(self, options):
         User = get_user_model()
         admin, created = User.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
         if created:
