@@ -221,10 +221,23 @@ class Gateway:
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
         if kind == "http":
+            started = False
+
+            async def tracked(message):
+                nonlocal started
+                started = True
+                await send(message)
+
             try:
-                await self.http(scope, receive, send)
+                await self.http(scope, receive, tracked)
             except GatewayError as error:
                 await self.respond_error(send, error)
+            except Exception:
+                logger.exception("gateway error")
+                if started:
+                    raise
+                await self.respond_error(send, GatewayError(500, "The gateway failed.", type_="api_error",
+                                                            code="internal_error"))
         elif kind == "lifespan":
             while True:
                 message = await receive()
@@ -413,8 +426,8 @@ class Gateway:
             pipe = self.redis.pipeline(transaction=False)
             pipe.incrby(buffer.spend_key(release[0].allocation_id), -release[1])
             pipe.hincrby(buffer.OUTCOMES, f"{release[0].endpoint_id}:fail", 1)
-            self.admit(keys=keys, args=argv, client=pipe)
-            index, ttl = (await pipe.execute())[1]
+            await self.admit(keys=keys, args=argv, client=pipe)  # queued on the pipeline
+            index, ttl = (await pipe.execute())[2]
         else:
             index, ttl = await self.admit(keys=keys, args=argv)
         if index == -3:

@@ -13,6 +13,7 @@ registered with base URL ``http://host:port/<mode>/v1`` gets
 - ``break``     streams 3 content chunks, then drops the connection (no usage, no [DONE]);
 - ``flaky-N-<tag>``  500 for the first N requests (per tag), then like ``openai``.
 
+Anything after a dash is a tag (``fail-a``, ``fail-b``): alike in behaviour, counted apart.
 A request sends ``max_tokens`` content chunks (default 5, at most 256), one per token.
 ``GET /_stats`` answers what each mode received (request counts, the last Authorization header,
 whether the stream asked for usage); ``POST /_reset`` clears it.
@@ -72,14 +73,15 @@ async def app(scope, receive, send) -> None:
         await _respond(send, 200, b"{}")
         return
     mode, _, rest = path.lstrip("/").partition("/")
+    behaviour = mode.split("-")[0]  # "fail-a" and "fail-b" behave alike, counted apart
     STATS["requests"][mode] += 1
     for key, value in scope["headers"]:
         if key == b"authorization":
             STATS["auth"][mode] = value.decode()
-    if mode == "fail" or (mode.startswith("flaky-") and STATS["requests"][mode] <= int(mode.split("-")[1])):
+    if behaviour == "fail" or (behaviour == "flaky" and STATS["requests"][mode] <= int(mode.split("-")[1])):
         await _respond(send, 500, b'{"error": {"message": "upstream exploded", "type": "server_error"}}')
         return
-    if mode == "stall":
+    if behaviour == "stall":
         await asyncio.sleep(30)
     if rest == "v1/models":
         await _respond(send, 200, b'{"object": "list", "data": [{"id": "any", "object": "model"}]}')
@@ -97,8 +99,8 @@ async def app(scope, receive, send) -> None:
                   else {"index": 0, "text": text, "finish_reason": "stop"})
         answer = {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion", "created": CREATED,
                   "model": model, "choices": [choice]}
-        if mode != "nousage":
-            answer["usage"] = _usage(mode, count)
+        if behaviour != "nousage":
+            answer["usage"] = _usage(behaviour, count)
         await _respond(send, 200, orjson.dumps(answer))
         return
     options = body.get("stream_options") or {}
@@ -110,15 +112,15 @@ async def app(scope, receive, send) -> None:
                  "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
         await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(first) + b"\n\n", "more_body": True})
     for i in range(count):
-        if mode == "break" and i == 3:
+        if behaviour == "break" and i == 3:
             raise ConnectionAbortedError("the fake upstream drops the stream on purpose")
         choice = ({"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None} if chat
                   else {"index": 0, "text": f"tok{i} ", "finish_reason": None})
         chunk = {"id": "chatcmpl-fake", "object": kind, "created": CREATED, "model": model, "choices": [choice]}
         await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
     tail = b""
-    if options.get("include_usage") and mode != "nousage":
+    if options.get("include_usage") and behaviour != "nousage":
         usage = {"id": "chatcmpl-fake", "object": kind, "created": CREATED, "model": model, "choices": [],
-                 "usage": _usage(mode, count)}
+                 "usage": _usage(behaviour, count)}
         tail = b"data: " + orjson.dumps(usage) + b"\n\n"
     await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
