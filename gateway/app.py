@@ -9,8 +9,10 @@ Hot path, per request: no database round trip. Keys, routes and prices come from
 cache (``CACHE_TTL`` seconds; a miss loads them in a thread through ``selectors``); rate limits,
 the idempotency key and the budget reservation are one Redis script call before forwarding; the
 settlement of the reservation, the usage event (appended to a Redis list) and the endpoint's
-outcome are one Redis pipeline after. ``buffer.usage_flush`` (a background loop here, and a
-Celery task) records the buffered events in batches through billing's usage-event path.
+outcome are one Redis script call after. ``buffer.usage_flush`` records the buffered events in
+batches through billing's usage-event path, from its own process (``python -m gateway.flusher``),
+so its database work never competes with the event loop for the GIL; the Celery task
+``gateway.usage_flush`` is the backstop, and ``Gateway(flush=True)`` runs it in a thread here.
 
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 malformed,
 401 bad key, 403 read-only key, 402 budget (``max_spend``) exhausted, 404 unknown model or
@@ -80,6 +82,17 @@ for i = 1, #KEYS - 3 do
   end
 end
 return {0, 0}
+"""
+
+
+# KEYS: spend, tokens per minute, usage list, outcomes. ARGV: spend delta, tokens delta, event,
+# outcome field. The settlement after a request, in one call.
+SETTLE = """
+redis.call('incrby', KEYS[1], ARGV[1])
+if redis.call('incrby', KEYS[2], ARGV[2]) == tonumber(ARGV[2]) then redis.call('expire', KEYS[2], 61) end
+redis.call('rpush', KEYS[3], ARGV[3])
+redis.call('hincrby', KEYS[4], ARGV[4], 1)
+return 1
 """
 
 
@@ -175,7 +188,11 @@ class Gateway:
         self.flush_enabled = flush
         self.session: aiohttp.ClientSession | None = None
         self.redis: aioredis.Redis | None = None
-        self.admit = None
+        self.admit = self.settle_script = None
+        # Request ids: a random prefix per process and a counter (unique across processes and
+        # restarts, without a system call per request).
+        self.id_prefix = uuid.uuid4().hex[:16]
+        self.id_counter = 0
         self.flusher: asyncio.Task | None = None
         self.timeout = aiohttp.ClientTimeout(total=None, connect=config["CONNECT_TIMEOUT"],
                                              sock_connect=config["CONNECT_TIMEOUT"], sock_read=config["READ_TIMEOUT"])
@@ -190,6 +207,7 @@ class Gateway:
                                              skip_auto_headers=("User-Agent",))
         self.redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=256)
         self.admit = self.redis.register_script(ADMIT)
+        self.settle_script = self.redis.register_script(SETTLE)
         if self.flush_enabled:
             self.flusher = asyncio.create_task(self._flush_loop())
 
@@ -357,7 +375,8 @@ class Gateway:
             request_id = hashlib.sha256(f"{key.organisation_id}:".encode() + idempotency).hexdigest()[:32]
             idem_key = f"gw:idem:{request_id}"
         else:
-            request_id, idem_key = uuid.uuid4().hex, ""
+            self.id_counter += 1
+            request_id, idem_key = f"{self.id_prefix}{self.id_counter:016x}", ""
         minute = int(time.time()) // 60
         limits = (f"gw:rpm:{key.key_id}:{minute}", f"gw:tpm:{key.key_id}:{minute}", idem_key)
         route, reserved = await self.reserve(key, limits, candidates, reserve, first=True)
@@ -471,12 +490,10 @@ class Gateway:
         event_id = (selectors.ESTIMATED_EVENT_PREFIX if estimated else selectors.GATEWAY_EVENT_PREFIX) + ctx.request_id
         event = orjson.dumps([event_id, route.allocation_id, route.supplier_id,
                               datetime.now(_UTC).isoformat(), *tokens])
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incrby(buffer.spend_key(route.allocation_id), _ceil_nano(route.prices.cost(tokens)) - reserved)
-        pipe.incrby(ctx.limits[1], tokens.total - ctx.reserve.total)
-        pipe.rpush(buffer.USAGE_LIST, event)
-        pipe.hincrby(buffer.OUTCOMES, f"{route.endpoint_id}:{outcome}", 1)
-        await pipe.execute()
+        await self.settle_script(
+            keys=[buffer.spend_key(route.allocation_id), ctx.limits[1], buffer.USAGE_LIST, buffer.OUTCOMES],
+            args=[_ceil_nano(route.prices.cost(tokens)) - reserved, tokens.total - ctx.reserve.total, event,
+                  f"{route.endpoint_id}:{outcome}"])
 
     async def forward(self, send, receive, route, reserved: int, body: dict, upstream_path: str,
                       ctx: "Served") -> None:
@@ -575,17 +592,17 @@ class Gateway:
                         done = True
                         out.append(event)
                         continue
-                    try:
-                        chunk = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        out.append(event)
-                        continue
-                    usage = chunk.get("usage") if isinstance(chunk, dict) else None
-                    if usage:
-                        tokens = usage_parse(usage) or tokens
-                        if not chunk.get("choices") and not ctx.wants_usage:
-                            continue  # the usage-only chunk the client did not ask for
-                    if _has_content(chunk):
+                    if b'"usage"' in payload:  # parse only what may carry usage (the last chunk)
+                        try:
+                            chunk = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            chunk = None
+                        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+                        if usage:
+                            tokens = usage_parse(usage) or tokens
+                            if not chunk.get("choices") and not ctx.wants_usage:
+                                continue  # the usage-only chunk the client did not ask for
+                    if _has_content(payload):
                         delivered += 1
                     out.append(event)
                 if not out:
@@ -627,15 +644,16 @@ class Served:
         self.prompt_size, self.stream, self.wants_usage = prompt_size, stream, wants_usage
 
 
-def _has_content(chunk) -> bool:
-    choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        return False
-    first = choices[0]
-    delta = first.get("delta")
-    if isinstance(delta, dict) and delta.get("content"):
-        return True
-    return bool(first.get("text"))
+def _has_content(payload: bytes) -> bool:
+    """Whether an SSE chunk carries generated text (a chat delta's ``content`` or a completion's
+    ``text``, non-empty), read from the bytes: parsing every chunk would cost more than the rest
+    of the pass-through."""
+    for marker in (b'"content":', b'"text":'):
+        at = payload.find(marker)
+        if at >= 0:
+            rest = payload[at + len(marker):at + len(marker) + 4].lstrip()
+            return rest[:1] == b'"' and rest[:2] != b'""'
+    return False
 
 
 def _content_bytes(data) -> int:

@@ -10,4 +10,6 @@ django.setup()
 
 from gateway.app import Gateway  # noqa: E402  (needs Django set up)
 
-application = Gateway(flush=os.environ.get("SANDUISAN_GATEWAY_FLUSH", "1") == "1")
+# The flusher runs as its own process (python -m gateway.flusher); SANDUISAN_GATEWAY_FLUSH=1 runs it
+# in a thread of this process instead (simpler, but its database work then competes for the GIL).
+application = Gateway(flush=os.environ.get("SANDUISAN_GATEWAY_FLUSH", "0") == "1")

@@ -23,13 +23,14 @@ class Server:
     """``uvicorn <app>`` on 127.0.0.1 in its own process group, with uvloop and httptools."""
 
     def __init__(self, app: str, *, log: Path, env: dict | None = None, port: int | None = None,
-                 health: str = "/health") -> None:
+                 health: str = "/health", workers: int = 1) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port), "--loop",
-             "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning", "--lifespan", "on"],
+             "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning", "--lifespan", "on",
+             *(["--workers", str(workers)] if workers > 1 else [])],
             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
         self._wait(health)
@@ -52,6 +53,26 @@ class Server:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+class Flusher:
+    """``python -m gateway.flusher`` in its own process group."""
+
+    def __init__(self, *, log: Path, env: dict | None = None, interval: float = 0.2) -> None:
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.flusher", "--interval", str(interval)], cwd=ROOT,
+            env={**os.environ, **(env or {})}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)

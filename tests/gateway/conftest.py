@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import connection
 
 from gateway.buffer import redis_sync
-from gateway.servers import Server
+from gateway.servers import Flusher, Server
 
 
 def gateway_env() -> dict:
@@ -32,9 +32,12 @@ def upstream(tmp_path_factory):
 def gateway(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock():
         env = gateway_env()
-    server = Server("gateway.asgi:application", log=tmp_path_factory.mktemp("gateway") / "gateway.log", env=env)
+    logs = tmp_path_factory.mktemp("gateway")
+    server = Server("gateway.asgi:application", log=logs / "gateway.log", env=env)
+    flusher = Flusher(log=logs / "flusher.log", env=env)
     yield server
     server.stop()
+    flusher.stop()
 
 
 @pytest.fixture(autouse=True)

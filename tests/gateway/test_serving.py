@@ -117,3 +117,14 @@ def test_errors_are_in_openai_shape(gateway, upstream, buyer_client, client_for)
     assert no_allocation.value.status_code == 503 and no_allocation.value.code == "no_allocation"
     assert set(no_allocation.value.body) == {"message", "type", "param", "code"}
     assert not UsageEvent.objects.exists()
+
+
+def test_content_detection_reads_chunk_bytes():
+    from gateway.app import _has_content
+
+    assert _has_content(b'{"choices":[{"delta":{"content":"hi"}}]}')
+    assert _has_content(b'{"choices": [{"delta": {"content": "hi"}}]}')
+    assert _has_content(b'{"choices":[{"text":"x","index":0}]}')
+    assert not _has_content(b'{"choices":[{"delta":{"role":"assistant","content":""}}]}')
+    assert not _has_content(b'{"choices":[{"delta":{"content":null}}]}')
+    assert not _has_content(b'{"choices":[],"usage":{"prompt_tokens":1}}')
