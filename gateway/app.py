@@ -31,11 +31,11 @@ from typing import Any, Callable
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import close_old_connections
 
 from . import buffer, selectors
+from .redislink import RedisLink, RedisUnavailable
 from .usage import Tokens, prompt_bytes, reservation_tokens, usage_estimate, usage_parse
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class Gateway:
         self.breaker = Breaker(config["BREAKER_FAILURES"], config["BREAKER_SECONDS"])
         self.flush_enabled = flush
         self.session: aiohttp.ClientSession | None = None
-        self.redis: aioredis.Redis | None = None
+        self.redis: RedisLink | None = None
         self.admit = self.settle_script = None
         # Request ids: a random prefix per process and a counter (unique across processes and
         # restarts, without a system call per request).
@@ -205,9 +205,9 @@ class Gateway:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent",))
-        self.redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=256)
-        self.admit = self.redis.register_script(ADMIT)
-        self.settle_script = self.redis.register_script(SETTLE)
+        self.redis = RedisLink(settings.REDIS_URL)
+        self.admit = self.redis.script(ADMIT)
+        self.settle_script = self.redis.script(SETTLE)
         if self.flush_enabled:
             self.flusher = asyncio.create_task(self._flush_loop())
 
@@ -222,7 +222,7 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
         if self.redis is not None:
-            await self.redis.aclose()
+            self.redis.close()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -250,6 +250,12 @@ class Gateway:
                 await self.http(scope, receive, tracked)
             except GatewayError as error:
                 await self.respond_error(send, error)
+            except RedisUnavailable:
+                logger.exception("gateway: Redis unavailable")
+                if started:
+                    raise
+                await self.respond_error(send, GatewayError(503, "The gateway cannot check budgets right now; retry.",
+                                                            type_="api_error", code="unavailable", retry_after=1))
             except Exception:
                 logger.exception("gateway error")
                 if started:
@@ -442,13 +448,9 @@ class Gateway:
         argv.append(IDEMPOTENCY_TTL)
         keys = [*limits, *(buffer.spend_key(r.allocation_id) for r in candidates)]
         if release is not None:  # fail over: the failed route's reservation back, its failure counted
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.incrby(buffer.spend_key(release[0].allocation_id), -release[1])
-            pipe.hincrby(buffer.OUTCOMES, f"{release[0].endpoint_id}:fail", 1)
-            await self.admit(keys=keys, args=argv, client=pipe)  # queued on the pipeline
-            index, ttl = (await pipe.execute())[2]
-        else:
-            index, ttl = await self.admit(keys=keys, args=argv)
+            await self.redis.many(("INCRBY", buffer.spend_key(release[0].allocation_id), -release[1]),
+                                  ("HINCRBY", buffer.OUTCOMES, f"{release[0].endpoint_id}:fail", 1))
+        index, ttl = await self.admit(keys=keys, args=argv)
         if index == -3:
             raise GatewayError(409, "This Idempotency-Key was already used for a request.",
                                type_="invalid_request_error", code="idempotency_conflict")
@@ -465,24 +467,21 @@ class Gateway:
 
     async def fail(self, route, reserved: int) -> None:
         """The last candidate failed: its reservation back, its failure counted."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incrby(buffer.spend_key(route.allocation_id), -reserved)
-        pipe.hincrby(buffer.OUTCOMES, f"{route.endpoint_id}:fail", 1)
-        await pipe.execute()
+        await self.redis.many(("INCRBY", buffer.spend_key(route.allocation_id), -reserved),
+                              ("HINCRBY", buffer.OUTCOMES, f"{route.endpoint_id}:fail", 1))
 
     async def abandon(self, ctx: "Served") -> None:
         """Nothing was served: give back the tokens-per-minute estimate and the idempotency key
         (the budget was released at each failure)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incrby(ctx.limits[1], -ctx.reserve.total)
+        commands = [("INCRBY", ctx.limits[1], -ctx.reserve.total)]
         if ctx.limits[2]:
-            pipe.delete(ctx.limits[2])
-        await pipe.execute()
+            commands.append(("DEL", ctx.limits[2]))
+        await self.redis.many(*commands)
 
     async def settle(self, route, reserved: int, ctx: "Served", tokens: Tokens, estimated: bool,
                      outcome: str = "ok") -> None:
         """Budget and tokens-per-minute to the actual figures, the usage event buffered, the
-        outcome counted: one pipeline."""
+        outcome counted: one script call."""
         if outcome == "ok":
             self.breaker.success(route.endpoint_id)
         else:
@@ -518,7 +517,7 @@ class Gateway:
                 raise UpstreamFailed(f"status {status} from endpoint {route.endpoint_id}")
             if status >= 400:  # the request's fault: the client sees the upstream's answer, nothing billed
                 text = await response.read()
-                await self.redis.incrby(buffer.spend_key(route.allocation_id), -reserved)
+                await self.redis.call("INCRBY", buffer.spend_key(route.allocation_id), -reserved)
                 await self.abandon(ctx)
                 await self.respond(send, status, text, JSON)
                 return

@@ -113,6 +113,11 @@ def gateway_usage_record(*, events: Iterable[list]) -> dict[str, int]:
 def endpoint_outcomes_record(*, outcomes: dict[int, tuple[int, int]]) -> None:
     """Fold gateway request outcomes ``{endpoint_id: (served, failed)}`` into the endpoints'
     counters and their suppliers' reliability."""
+    with transaction.atomic():
+        _outcomes_record(outcomes)
+
+
+def _outcomes_record(outcomes: dict[int, tuple[int, int]]) -> None:
     suppliers = set()
     for endpoint_id, (served, failed) in sorted(outcomes.items()):
         updated = SupplierEndpoint.objects.filter(pk=endpoint_id).update(

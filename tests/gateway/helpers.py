@@ -4,7 +4,7 @@ import openai
 from rest_framework.test import APIClient
 
 from billing.models import UsageEvent
-from gateway.buffer import usage_flush
+from gateway.buffer import FLUSH_LOCK, OUTCOMES, USAGE_LIST, redis_sync, usage_flush
 from marketplace import services as market
 from marketplace.models import Allocation, Role
 from matching import services as matching
@@ -50,9 +50,17 @@ def gateway_events(allocation_ids=None):
     return events
 
 
+def drained() -> bool:
+    """Nothing buffered in Redis and no flush under way."""
+    client = redis_sync()
+    return not client.llen(USAGE_LIST) and not client.exists(OUTCOMES) and not client.exists(FLUSH_LOCK)
+
+
 def flushed_events(count: int, allocation_ids=None) -> list[UsageEvent]:
-    """Wait until the gateway's flusher recorded ``count`` events, flush again, and return them."""
+    """Wait until the flusher process recorded ``count`` events and drained the buffer, flush
+    once more ourselves, and return the events."""
     wait_for(lambda: gateway_events(allocation_ids).count() >= count, timeout=20, what=f"{count} usage events")
+    wait_for(drained, timeout=20, what="the gateway's buffer drained")
     usage_flush()
     return list(gateway_events(allocation_ids).order_by("id"))
 
