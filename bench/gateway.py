@@ -23,6 +23,9 @@ for TTFB alone. Figures:
 - ``gateway_ttfb_p50_ms``, ``gateway_ttfb_p99_ms``: the gateway's ADDED TTFB (gateway minus
   direct, per percentile) in the paced phase; ``saturated_added_ttfb_p50_ms`` / ``_p99_ms`` the
   same at saturation;
+- ``gateway_cpu_ms_per_request``, ``upstream_cpu_ms_per_request``: CPU time (user + system) the
+  gateway's processes and the fake upstream's spent per request at saturation: a figure that
+  others' load on the machine disturbs much less than rates and latencies;
 - ``usage_recorded_ratio``: usage events stored by the exchange / streams the gateway completed
   (every gateway request of the run, warm-up included), after the flusher drained the buffer.
 
@@ -147,6 +150,23 @@ async def _paced(url: str, headers: dict, body: bytes, *, rps: float, seconds: f
         return list(await asyncio.gather(*tasks))
 
 
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every process in a process group (a server and its workers)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def _cpu_idle(seconds: float = 1.0) -> float:
     """Share of the machine's CPU time that was idle over ``seconds`` (from /proc/stat)."""
     def sample():
@@ -226,10 +246,14 @@ def main() -> None:
         ttfbs, n, _ = run(_saturate(gateway_url, gateway_headers, body, clients=args.clients, seconds=1))
         served += n
 
+        cpu = _group_cpu_seconds(upstream.process.pid)
         direct_ttfb, direct_n, direct_s = run(_saturate(direct_url, direct_headers, body, clients=args.clients,
                                                         seconds=args.seconds))
+        upstream_cpu_ms = (_group_cpu_seconds(upstream.process.pid) - cpu) * 1000 / max(1, direct_n)
+        cpu = _group_cpu_seconds(gateway.process.pid)
         gateway_ttfb, gateway_n, gateway_s = run(_saturate(gateway_url, gateway_headers, body, clients=args.clients,
                                                            seconds=args.seconds))
+        gateway_cpu_ms = (_group_cpu_seconds(gateway.process.pid) - cpu) * 1000 / max(1, gateway_n)
         served += gateway_n
         paced_seconds = max(3.0, args.seconds / 2)
         direct_paced = run(_paced(direct_url, direct_headers, body, rps=args.paced_rps, seconds=paced_seconds))
@@ -259,6 +283,7 @@ def main() -> None:
         "gateway_ttfb_p99_ms": round(_pct(gateway_paced, 0.99) - _pct(direct_paced, 0.99), 2),
         "saturated_added_ttfb_p50_ms": round(_pct(gateway_ttfb, 0.5) - _pct(direct_ttfb, 0.5), 2),
         "saturated_added_ttfb_p99_ms": round(_pct(gateway_ttfb, 0.99) - _pct(direct_ttfb, 0.99), 2),
+        "gateway_cpu_ms_per_request": round(gateway_cpu_ms, 3), "upstream_cpu_ms_per_request": round(upstream_cpu_ms, 3),
         "gateway_requests_served": served, "usage_events_recorded": recorded,
         "usage_recorded_ratio": round(recorded / served, 6) if served else None,
     }
@@ -269,6 +294,8 @@ def main() -> None:
     print(f"added TTFB at {args.paced_rps:g} req/s: p50 {figures['gateway_ttfb_p50_ms']} ms, "
           f"p99 {figures['gateway_ttfb_p99_ms']} ms; saturated ({args.clients} clients): "
           f"p50 {figures['saturated_added_ttfb_p50_ms']} ms, p99 {figures['saturated_added_ttfb_p99_ms']} ms")
+    print(f"CPU per streamed request: gateway {gateway_cpu_ms:.3f} ms (so about {1000 / gateway_cpu_ms:.0f} req/s per "
+          f"dedicated core), fake upstream {upstream_cpu_ms:.3f} ms")
     print(f"machine: CPU {cpu_idle:.0%} idle before the run; 1-minute load average {figures['load_average_1m_after']} "
           f"after it (2 cores)")
     print(f"usage: {recorded} events recorded for {served} streams served (ratio {figures['usage_recorded_ratio']})")
