@@ -124,7 +124,7 @@ class UsageEventBatchApi(APIView):
         actor.require_write()
         events = usage_batch_parse(UsageEventApi.json_body(request))
         results = usage_record_or_claim(organisation_id=actor.require_organisation().pk, events=events)
-        counts = {"created": 0, "replayed": 0, "conflict": 0, "rejected": 0, "reconciliation": 0}
-        for result in results:
-            counts[result["status"]] += 1
+        counts = {"created": 0, "replayed": 0, "conflict": 0, "rejected": 0}
+        for result in results:  # "reconciliation" appears only for allocations the exchange meters
+            counts[result["status"]] = counts.get(result["status"], 0) + 1
         return UsageEventApi.json_response(request, {"results": results, "counts": counts}, status.HTTP_200_OK)
