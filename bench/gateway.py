@@ -5,9 +5,9 @@ by many concurrent streaming clients, in one run.
     .venv/bin/python -m bench.gateway --quick    # a smoke run, about 15 seconds
 
 Uses its own database, ``sanduisan_bench_gw`` (created and migrated if missing, emptied each run),
-and the Redis of ``BENCH_REDIS_URL`` (default db 14; its ``gw:*`` keys are deleted). Creates a
-supplier whose DeepSeek-V3 token listing is served by the fake upstream (``gateway.fake_upstream``,
-its own uvicorn process) and a buyer holding a token allocation on it (a matching round), then
+and the Redis of ``BENCH_REDIS_URL`` (default db 14; its ``gw:*`` keys are deleted). Creates the demo
+market of ``make run``: the demo supplier's DeepSeek-V3 token listing served by the fake upstream
+(``gateway.fake_upstream``, its own uvicorn process), the demo buyer's allocation on it, then
 starts the gateway (``gateway.asgi``, uvicorn with uvloop and httptools, ``--gateway-workers``
 processes) and its usage flusher (``gateway.flusher``) against that database.
 
@@ -54,52 +54,28 @@ BODY = {"model": "DeepSeek-V3", "messages": [{"role": "user", "content": "Say he
 
 
 def _market(upstream_url: str) -> tuple[str, int]:
-    """A supplier's endpoint on the fake upstream and a buyer's allocation on it, with budget and
-    limits far above what the run uses. Returns (buyer key, allocation id)."""
+    """The demo market (``seed_demo``, ``seed_gateway_demo``): the demo supplier's endpoint on the
+    fake upstream, the demo buyer's allocation on it, with budget and key limits far above what
+    the run uses. Returns (a fresh buyer key, allocation id)."""
     from django.apps import apps
+    from django.core.management import call_command
     from django.db import connection
-    from django.utils import timezone
-    from rest_framework.test import APIClient
 
-    from billing.services import wallet_top_up
-    from gateway import services as gateway
     from gateway.models import KeyLimit
     from marketplace import services as market
-    from marketplace.models import Allocation, ApiKey, Order, Role
-    from matching.services import round_run
+    from marketplace.models import Allocation, Order, Organisation, Role
 
     tables = [m._meta.db_table for name in ("billing", "gateway") for m in apps.get_app_config(name).get_models()]
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE marketplace_organisation, matching_matchround, {', '.join(tables)} "
                        f"RESTART IDENTITY CASCADE")
-    supplier = market.organisation_create(name="bench supplier", slug="bench-supplier", is_supplier=True)
-    buyer = market.organisation_create(name="bench buyer", slug="bench-buyer", is_buyer=True)
-    wallet_top_up(organisation_id=buyer.pk, amount=Decimal("1000000"), reference="bench")
-    _, buyer_key = market.api_key_create(organisation=buyer, name="bench", role=Role.OWNER)
-    node = market.node_create(organisation=supplier, name="bench-node", chip_code="nvidia-h800-sxm", card_count=8,
-                              region_code="CN-GZ-GA", interconnect="infiniband")
-    start = timezone.now().replace(minute=0, second=0, microsecond=0)
-    from datetime import timedelta
-
-    listing = market.listing_create(
-        organisation=supplier, node_id=node.pk, cards=8, start=start + timedelta(hours=1),
-        end=start + timedelta(hours=25), ask_per_card_hour=Decimal("10.00"),
-        token_endpoint=market.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"), Decimal("8")))
-    gateway.endpoint_register(organisation=supplier, listing_id=listing.pk, base_url=f"{upstream_url}/openai/v1",
-                              credential="bench-secret", tokens_per_minute=10**10)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {buyer_key}")
-    response = client.post("/api/v1/orders", {
-        "kind": "tokens", "model": "DeepSeek-V3", "expected_input_tokens": 10_000_000,
-        "expected_output_tokens": 2_000_000, "expected_cache_hit_ratio": "0.25",
-        "max_prices": {"input_hit_per_m": "0.5", "input_miss_per_m": "2", "output_per_m": "8"}}, format="json")
-    if response.status_code != 201:
-        raise RuntimeError(f"token order refused: {response.status_code} {response.content[:300]!r}")
-    round_run(bucket="tokens")
+    call_command("seed_demo", stdout=open(os.devnull, "w"))
+    call_command("seed_gateway_demo", upstream=f"{upstream_url}/openai/v1", stdout=open(os.devnull, "w"))
     allocation = Allocation.objects.get(kind="tokens")
     Order.objects.filter(pk=allocation.order_id).update(max_spend=Decimal("100000"))
-    KeyLimit.objects.create(api_key=ApiKey.objects.get(organisation=buyer), requests_per_minute=10**9,
-                            tokens_per_minute=10**12)
+    key, buyer_key = market.api_key_create(organisation=Organisation.objects.get(slug="demo-buyer"), name="bench",
+                                           role=Role.OWNER)
+    KeyLimit.objects.create(api_key=key, requests_per_minute=10**9, tokens_per_minute=10**12)
     return buyer_key, allocation.pk
 
 
@@ -233,7 +209,7 @@ def main() -> None:
         body = json.dumps({**BODY, "max_tokens": args.max_tokens}).encode()
         direct_url = f"{upstream.url}/openai/v1/chat/completions"
         gateway_url = f"{gateway.url}/v1/chat/completions"
-        direct_headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-secret"}
+        direct_headers = {"Content-Type": "application/json", "Authorization": "Bearer demo-upstream-secret"}
         gateway_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         served = 0
 
