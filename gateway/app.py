@@ -555,7 +555,7 @@ class Gateway:
         estimate rule)."""
         tokens: Tokens | None = None
         delivered = 0  # content-bearing chunks sent to the client
-        started = done = False
+        started = done = finished = False
         pending = b""
         disconnect = asyncio.ensure_future(receive())  # completes when the client goes away
         broken = ""
@@ -604,7 +604,7 @@ class Gateway:
                     if _has_content(payload):
                         delivered += 1
                     out.append(event)
-                if not out:
+                if not out or finished:
                     continue
                 message = b"\n\n".join(out) + b"\n\n"
                 if not started:
@@ -615,7 +615,10 @@ class Gateway:
                 if disconnect.done():
                     broken = "client disconnected"
                     break
-                await send({"type": "http.response.body", "body": message, "more_body": True})
+                # [DONE] ends the client's response at once (one write less); the rest of the
+                # upstream response is still read, so its connection goes back to the pool.
+                await send({"type": "http.response.body", "body": message, "more_body": not done})
+                finished = done
             if not started:
                 raise UpstreamFailed(f"empty stream from endpoint {route.endpoint_id}")
             if not done and not broken:
@@ -624,7 +627,8 @@ class Gateway:
                 error = error_body(f"The upstream stream broke ({broken}); you are billed for what was delivered.",
                                    type_="api_error", code="stream_interrupted")
                 await send({"type": "http.response.body", "body": b"data: " + error + b"\n\n", "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            if not finished:
+                await send({"type": "http.response.body", "body": b""})
         finally:
             disconnect.cancel()
         estimated = tokens is None

@@ -74,6 +74,8 @@ class RedisLink:
         self.password = parts.password
         self.protocol: _Protocol | None = None
         self.connecting: asyncio.Future | None = None
+        self.outgoing: list[bytes] = []
+        self.writing_to: _Protocol | None = None
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -104,20 +106,37 @@ class RedisLink:
             self.connecting = None
         return self.protocol
 
+    def _send(self, protocol: _Protocol, data: bytes) -> None:
+        """Queue bytes for the next write: every command issued during one turn of the event
+        loop leaves in one system call (a write to a local socket is the dearest step here)."""
+        if protocol is not self.writing_to:
+            self._write()
+            self.writing_to = protocol
+        self.outgoing.append(data)
+        if len(self.outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._write)
+
+    def _write(self) -> None:
+        if self.outgoing:
+            protocol, data = self.writing_to, b"".join(self.outgoing)
+            self.outgoing.clear()
+            if not protocol.lost:
+                protocol.transport.write(data)
+
     async def call(self, *args):
         protocol = await self._protocol()
         waiter = asyncio.get_running_loop().create_future()
         protocol.waiters.append(waiter)
-        protocol.transport.write(_encode(args))
+        self._send(protocol, _encode(args))
         return await waiter
 
     async def many(self, *commands) -> list:
-        """Several commands in one write; their replies in order."""
+        """Several commands at once; their replies in order."""
         protocol = await self._protocol()
         loop = asyncio.get_running_loop()
         waiters = [loop.create_future() for _ in commands]
         protocol.waiters.extend(waiters)
-        protocol.transport.write(b"".join(_encode(command) for command in commands))
+        self._send(protocol, b"".join(_encode(command) for command in commands))
         return [await waiter for waiter in waiters]
 
     def script(self, source: str) -> "Script":

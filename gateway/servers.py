@@ -19,6 +19,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _stop(process: subprocess.Popen, *, grace: float) -> None:
+    """SIGTERM to the process group, SIGKILL after ``grace`` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
 class Server:
     """``uvicorn <app>`` on 127.0.0.1 in its own process group, with uvloop and httptools."""
 
@@ -49,13 +60,7 @@ class Server:
         raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        _stop(self.process, grace=15)
 
 
 class Flusher:
@@ -69,10 +74,4 @@ class Flusher:
             start_new_session=True)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        _stop(self.process, grace=30)  # it flushes once more before it exits
