@@ -1,6 +1,6 @@
 """The operators' dashboard: one server-rendered page for platform admins (staff), its charts as
 PNG images drawn on the server, and the review decisions it posts. Thin views over selectors and
-matching's review services."""
+the lifecycle's review services."""
 import io
 
 from django.contrib import messages
@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from config.errors import ApplicationError
 from gateway import selectors as gateway
-from matching import services as matching
+from lifecycle import services as lifecycle
 
 from . import selectors
 
@@ -29,7 +29,7 @@ def dashboard(request):
 @staff_member_required
 @require_POST
 def review_decide(request, review_id: int, decision: str):
-    decide = {"approve": (matching.review_approve, "approved"), "reject": (matching.review_reject, "rejected")}
+    decide = {"approve": (lifecycle.review_approve, "approved"), "reject": (lifecycle.review_reject, "rejected")}
     if decision not in decide:
         return HttpResponse(status=404)
     service, done = decide[decision]

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from billing.metering import UsageIn, usage_record_batch
 from billing.models import UsageClaim, UsageEvent
-from billing.settlement import supplier_reliability_refresh
+from lifecycle.services import supplier_reliability_refresh
 from config.errors import NotFound, ValidationFailed
 from marketplace.models import Allocation, Listing, Organisation
 

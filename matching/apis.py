@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
 from config.errors import NotFound
+from lifecycle import services as lifecycle
 from marketplace.actors import actor_for_request
 from marketplace.permissions import IsPlatformAdmin
 
@@ -49,8 +50,8 @@ class NodeFailApi(APIView):
         actor.require_write()
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        failure = services.node_fail(node_id=node_id, organisation=actor.require_organisation(),
-                                     reason=data.validated_data["reason"], reported_by_id=actor.user_id)
+        failure = lifecycle.node_fail(node_id=node_id, organisation=actor.require_organisation(),
+                                      reason=data.validated_data["reason"], reported_by_id=actor.user_id)
         return Response(NodeFailureOutput(failure).data, status=status.HTTP_201_CREATED)
 
 
@@ -61,8 +62,8 @@ class AdminNodeFailApi(APIView):
     def post(self, request, node_id: int):
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        failure = services.node_fail(node_id=node_id, organisation=None, reason=data.validated_data["reason"],
-                                     reported_by_id=request.user.pk)
+        failure = lifecycle.node_fail(node_id=node_id, organisation=None, reason=data.validated_data["reason"],
+                                      reported_by_id=request.user.pk)
         return Response(NodeFailureOutput(failure).data, status=status.HTTP_201_CREATED)
 
 
@@ -113,8 +114,8 @@ class ReviewApproveApi(APIView):
     def post(self, request, review_id: int):
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        review = services.review_approve(review_id=review_id, admin_user_id=request.user.pk,
-                                         reason=data.validated_data["reason"])
+        review = lifecycle.review_approve(review_id=review_id, admin_user_id=request.user.pk,
+                                          reason=data.validated_data["reason"])
         return Response(ReviewOutput(review).data)
 
 
@@ -128,8 +129,8 @@ class ReviewRejectApi(APIView):
     def post(self, request, review_id: int):
         data = self.RejectInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        review = services.review_reject(review_id=review_id, admin_user_id=request.user.pk,
-                                        reason=data.validated_data["reason"])
+        review = lifecycle.review_reject(review_id=review_id, admin_user_id=request.user.pk,
+                                         reason=data.validated_data["reason"])
         return Response(ReviewOutput(review).data)
 
 
