@@ -16,7 +16,8 @@ from marketplace.models import Organisation
 from marketplace.permissions import IsPlatformAdmin
 
 from . import selectors, services
-from .metering import usage_batch_parse, usage_event_parse, usage_record_batch
+from .claims import usage_record_or_claim
+from .metering import usage_batch_parse, usage_event_parse
 
 WalletOutput = inline_serializer("Wallet", {"currency": serializers.CharField(),
                                             "available": serializers.DecimalField(30, 12),
@@ -101,13 +102,13 @@ class UsageEventApi(APIView):
         actor = actor_for_request(request)
         actor.require_write()
         event = usage_event_parse(self.json_body(request))
-        [result] = usage_record_batch(organisation_id=actor.require_organisation().pk, events=[event])
+        [result] = usage_record_or_claim(organisation_id=actor.require_organisation().pk, events=[event])
         if result["status"] == "conflict":
             raise Conflict("This event id was already used with a different payload.", fields=result["error"],
                            code="idempotency_conflict")
         if result["status"] == "rejected":
             raise ValidationFailed("Usage event refused.", fields=result["error"])
-        return self.json_response(request, result, status.HTTP_201_CREATED if result["status"] == "created"
+        return self.json_response(request, result, status.HTTP_201_CREATED if result["status"] in ("created", "reconciliation")
                                   else status.HTTP_200_OK)
 
 
@@ -126,8 +127,8 @@ class UsageEventBatchApi(APIView):
         actor = actor_for_request(request)
         actor.require_write()
         events = usage_batch_parse(UsageEventApi.json_body(request))
-        results = usage_record_batch(organisation_id=actor.require_organisation().pk, events=events)
+        results = usage_record_or_claim(organisation_id=actor.require_organisation().pk, events=events)
         counts = {"created": 0, "replayed": 0, "conflict": 0, "rejected": 0}
-        for result in results:
-            counts[result["status"]] += 1
+        for result in results:  # "reconciliation" appears only for allocations the exchange meters
+            counts[result["status"]] = counts.get(result["status"], 0) + 1
         return UsageEventApi.json_response(request, {"results": results, "counts": counts}, status.HTTP_200_OK)

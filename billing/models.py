@@ -123,6 +123,28 @@ class UsageEvent(models.Model):
         indexes = [models.Index(fields=["allocation", "settled"], name="usageevent_alloc_settled")]
 
 
+class UsageClaim(models.Model):
+    """Token usage a supplier reported for an allocation the exchange meters itself (served
+    through the token gateway). Kept for reconciliation only: never rated into a charge."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    event_id = models.CharField(max_length=200)
+    allocation = models.ForeignKey("marketplace.Allocation", on_delete=models.PROTECT, related_name="usage_claims")
+    occurred_at = models.DateTimeField()
+    input_hit_tokens = models.BigIntegerField()
+    input_miss_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    amount = models.DecimalField(**AMOUNT)  # what it would have cost, for comparison
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "event_id"], name="usageclaim_unique_per_org"),
+            models.CheckConstraint(condition=Q(input_hit_tokens__gte=0) & Q(input_miss_tokens__gte=0)
+                                   & Q(output_tokens__gte=0), name="usageclaim_counts_nonnegative"),
+        ]
+
+
 class AllocationMeter(models.Model):
     """Card-hour metering of one allocation: started and stopped by its supplier, kept alive by
     heartbeats. Billable time is the time between heartbeats (a silence longer than the grace

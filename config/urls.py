@@ -16,6 +16,7 @@ api_v1 = [
     path("", include("marketplace.urls")),
     path("", include("matching.urls")),
     path("", include("billing.urls")),
+    path("", include("gateway.urls")),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

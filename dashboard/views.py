@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from config.errors import ApplicationError
+from gateway import selectors as gateway
 from lifecycle import services as lifecycle
 
 from . import selectors
@@ -21,7 +22,8 @@ def dashboard(request):
     now = timezone.now()
     return render(request, "dashboard/index.html", {
         "depth": selectors.book_depth(now=now), "reviews": selectors.pending_reviews(),
-        "failures": selectors.recent_failures(), "prices": selectors.clearing_prices(), "now": now})
+        "failures": selectors.recent_failures(), "prices": selectors.clearing_prices(), "now": now,
+        "gateway": gateway.gateway_figures(), "discrepancies": gateway.discrepancies_open()})
 
 
 @staff_member_required

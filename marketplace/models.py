@@ -222,6 +222,9 @@ class Listing(models.Model):
     # What a token endpoint can physically serve (input + output tokens per minute); usage beyond
     # what this could have served since an allocation started is refused as implausible.
     tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    # Served through the exchange's token gateway (a registered endpoint): the exchange meters its
+    # usage, and what the supplier reports for it is kept for reconciliation only, never billed.
+    metered_by_exchange = models.BooleanField(default=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

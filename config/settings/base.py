@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "matching",
     "billing",
     "lifecycle",
+    "gateway",
     "dashboard",
     "config.api",
 ]
@@ -148,6 +149,9 @@ CELERY_BEAT_SCHEDULE = {
     "settle-due": {"task": "billing.settle_due", "schedule": 300.0},
     "invoices-monthly": {"task": "billing.invoices_issue_monthly", "schedule": crontab(minute=30, hour=0, day_of_month=1)},
     "idempotency-purge": {"task": "marketplace.idempotency_records_purge", "schedule": 3600.0},
+    "gateway-endpoints-check": {"task": "gateway.endpoints_check", "schedule": 60.0},
+    "gateway-usage-flush": {"task": "gateway.usage_flush", "schedule": 10.0},
+    "gateway-reconcile": {"task": "gateway.usage_reconcile", "schedule": 300.0},
 }
 # celery beat's own state (last run times) lives under var/, never in the repository root.
 VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -246,4 +250,30 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
+}
+
+# The token gateway (README "Token gateway"). The credential key encrypts suppliers' endpoint
+# credentials (Fernet, urlsafe base64 of 32 bytes); without one it is derived from SECRET_KEY, so a
+# database dump alone never reveals a credential either way.
+SANDUISAN_GATEWAY = {
+    "CREDENTIAL_KEY": os.environ.get("SANDUISAN_GATEWAY_CREDENTIAL_KEY", ""),
+    "REQUESTS_PER_MINUTE": int(os.environ.get("SANDUISAN_GATEWAY_REQUESTS_PER_MINUTE", "600")),
+    "TOKENS_PER_MINUTE": int(os.environ.get("SANDUISAN_GATEWAY_TOKENS_PER_MINUTE", "2000000")),
+    # Seconds to wait for an upstream's response headers before failing over; and between chunks.
+    "CONNECT_TIMEOUT": float(os.environ.get("SANDUISAN_GATEWAY_CONNECT_TIMEOUT", "3")),
+    "FIRST_BYTE_TIMEOUT": float(os.environ.get("SANDUISAN_GATEWAY_FIRST_BYTE_TIMEOUT", "30")),
+    "READ_TIMEOUT": float(os.environ.get("SANDUISAN_GATEWAY_READ_TIMEOUT", "60")),
+    # In-process cache lifetime of keys, routes and prices (seconds).
+    "CACHE_TTL": float(os.environ.get("SANDUISAN_GATEWAY_CACHE_TTL", "5")),
+    # Circuit breaker: this many consecutive failures open an endpoint for this many seconds.
+    "BREAKER_FAILURES": int(os.environ.get("SANDUISAN_GATEWAY_BREAKER_FAILURES", "3")),
+    "BREAKER_SECONDS": float(os.environ.get("SANDUISAN_GATEWAY_BREAKER_SECONDS", "30")),
+    # Output tokens reserved against the budget when a request sets no max_tokens.
+    "DEFAULT_OUTPUT_RESERVE": int(os.environ.get("SANDUISAN_GATEWAY_DEFAULT_OUTPUT_RESERVE", "1024")),
+    # Reconciliation: supplier claims differing from the exchange's meter by more than this share
+    # (and more than MIN tokens) are flagged.
+    "RECONCILE_TOLERANCE": os.environ.get("SANDUISAN_GATEWAY_RECONCILE_TOLERANCE", "0.02"),
+    "RECONCILE_MIN_TOKENS": int(os.environ.get("SANDUISAN_GATEWAY_RECONCILE_MIN_TOKENS", "1000")),
+    # Reliability: gateway request outcomes smoothed by this many successful requests.
+    "RELIABILITY_PRIOR_REQUESTS": 100,
 }
