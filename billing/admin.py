@@ -1,6 +1,7 @@
 from django.contrib import admin
 
-from .models import Account, AllocationMeter, Charge, Entry, Hold, Invoice, InvoiceLine, Transfer, UsageEvent
+from .models import (Account, AllocationMeter, Charge, Entry, Hold, Invoice, InvoiceLine, MoneyApproval, Transfer,
+                     UsageEvent)
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -88,3 +89,11 @@ class InvoiceAdmin(ReadOnly):
 class AllocationMeterAdmin(ReadOnly):
     list_display = ["allocation", "started_at", "last_heartbeat_at", "stopped_at", "billed_minutes", "billed_amount"]
     raw_id_fields = ["allocation"]
+
+
+@admin.register(MoneyApproval)
+class MoneyApprovalAdmin(ReadOnly):
+    """Decided through the API (a second admin approves); shown here."""
+    list_display = ["id", "kind", "organisation", "amount", "reference", "status", "requested_by", "decided_by",
+                    "created_at"]
+    list_filter = ["kind", "status"]

@@ -4,18 +4,20 @@ from decimal import Decimal
 import orjson
 from django.http import HttpResponse, QueryDict
 from django.utils.http import parse_header_parameters
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
+from config.api.responses import errors
 from config.errors import Conflict, NotFound, ValidationFailed
-from marketplace.actors import actor_for_request
+from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.models import Organisation
 from marketplace.permissions import IsPlatformAdmin
 
-from . import selectors, services
+from . import admin_services, selectors
+from .models import MoneyApproval
 from .metering import usage_batch_parse, usage_event_parse, usage_record_batch
 
 WalletOutput = inline_serializer("Wallet", {"currency": serializers.CharField(),
@@ -30,6 +32,16 @@ class WalletApi(APIView):
         return Response(jsonable(selectors.wallet_balances(organisation_id=org.pk)))
 
 
+class MoneyApprovalOutput(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username")
+    decided_by = serializers.CharField(source="decided_by.username", default=None)
+
+    class Meta:
+        model = MoneyApproval
+        fields = ["id", "kind", "organisation", "charge", "amount", "reference", "reason", "status", "requested_by",
+                  "decided_by", "decided_at", "decision_reason", "transfer", "created_at"]
+
+
 class AdminTopUpApi(APIView):
     """Credit an organisation's wallet (idempotent by ``reference``, e.g. a bank transfer id)."""
 
@@ -40,16 +52,56 @@ class AdminTopUpApi(APIView):
                                           max_value=Decimal("100000000"))
         reference = serializers.CharField(max_length=150)
 
-    @extend_schema(request=TopUpInput, responses={201: WalletOutput})
+        reason = serializers.CharField(max_length=250, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=TopUpInput, responses={
+        201: WalletOutput, 202: OpenApiResponse(MoneyApprovalOutput, description=(
+            "above the second-approval threshold: a request another admin must approve")),
+        **errors(400, 401, 403, 404, 409)})
     def post(self, request, organisation_id: int):
         if not Organisation.objects.filter(pk=organisation_id).exists():
             raise NotFound("No such organisation.")
         data = self.TopUpInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        services.wallet_top_up(organisation_id=organisation_id, amount=data.validated_data["amount"],
-                               reference=f"admin:{data.validated_data['reference']}")
+        outcome = admin_services.wallet_top_up_by_admin(actor=admin_actor_for_request(request),
+                                                        organisation_id=organisation_id, **data.validated_data)
+        if outcome.approval is not None:
+            return Response(MoneyApprovalOutput(outcome.approval).data, status=status.HTTP_202_ACCEPTED)
         return Response(jsonable(selectors.wallet_balances(organisation_id=organisation_id)),
                         status=status.HTTP_201_CREATED)
+
+
+class MoneyApprovalListApi(generics.ListAPIView):
+    """Top-ups and refunds waiting for (or decided by) a second admin."""
+
+    permission_classes = [IsPlatformAdmin]
+    serializer_class = MoneyApprovalOutput
+    filterset_fields = ["status", "kind"]
+    ordering_fields = ["id"]
+
+    def get_queryset(self):
+        return MoneyApproval.objects.select_related("requested_by", "decided_by").order_by("-id")
+
+
+class MoneyApprovalDecideApi(APIView):
+    """A second admin (not the requester, with the operation's permission) approves: the money
+    moves now; or rejects (a reason is required): nothing moves. One view, one decision per URL."""
+
+    permission_classes = [IsPlatformAdmin]
+    decision = None
+
+    class DecideInput(serializers.Serializer):
+        reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=DecideInput, responses={200: MoneyApprovalOutput, **errors(400, 401, 403, 404, 409)})
+    def post(self, request, approval_id: int):
+        data = self.DecideInput(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        decide = (admin_services.money_approval_approve if self.decision == "approve"
+                  else admin_services.money_approval_reject)
+        approval = decide(actor=admin_actor_for_request(request), approval_id=approval_id,
+                          reason=data.validated_data["reason"])
+        return Response(MoneyApprovalOutput(approval).data)
 
 
 # Documents the request only: billing.metering.usage_event_parse validates it, by hand, with

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -220,3 +221,47 @@ class InvoiceLine(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+class MoneyApproval(models.Model):
+    """A top-up or refund above ``SANDUISAN["SECOND_APPROVAL_ABOVE"]``: requested by one admin,
+    carried out only when a second, different admin with the same permission approves it.
+    ``(kind, organisation, reference)`` is unique: the reference is the owner's, as on the
+    operation itself. Its Meta also holds the money permissions every admin action checks."""
+
+    class Kind(models.TextChoices):
+        TOP_UP = "top_up"
+        REFUND = "refund"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # Whose money: the wallet topped up, or the buyer of the refunded charge.
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    charge = models.ForeignKey("Charge", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    amount = models.DecimalField(**AMOUNT)
+    reference = models.CharField(max_length=150)
+    reason = models.CharField(max_length=250, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.CharField(max_length=2000, blank=True)
+    # What approving produced: the top-up transfer or the refund charge.
+    transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "organisation", "reference"], name="moneyapproval_unique_ref"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="moneyapproval_amount_positive"),
+            # The database itself refuses a request approved by its own requester.
+            models.CheckConstraint(condition=Q(decided_by__isnull=True) | ~Q(decided_by=models.F("requested_by")),
+                                   name="moneyapproval_second_admin"),
+        ]
+        permissions = [("top_up_wallet", "Can top up wallets"), ("pay_out", "Can pay suppliers out"),
+                       ("refund_charge", "Can refund charges"), ("resolve_dispute", "Can resolve disputes")]

@@ -5,6 +5,9 @@ from . import apis, settlement_apis
 urlpatterns = [
     path("wallet", apis.WalletApi.as_view(), name="wallet"),
     path("admin/organisations/<int:organisation_id>/top-ups", apis.AdminTopUpApi.as_view(), name="admin-top-up"),
+    path("admin/approvals", apis.MoneyApprovalListApi.as_view(), name="admin-approvals"),
+    *[path(f"admin/approvals/<int:approval_id>/{decision}", apis.MoneyApprovalDecideApi.as_view(decision=decision),
+           name=f"admin-approval-{decision}") for decision in ("approve", "reject")],
 ]
 urlpatterns += [
     path("usage-events", apis.UsageEventApi.as_view(), name="usage-event"),

@@ -11,7 +11,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from config.errors import ApplicationError
-from matching import services as matching
+from marketplace.actors import admin_actor_for_request
+from matching import admin_services as matching_admin
 
 from . import selectors
 
@@ -27,13 +28,14 @@ def dashboard(request):
 @staff_member_required
 @require_POST
 def review_decide(request, review_id: int, decision: str):
-    decide = {"approve": (matching.review_approve, "approved"), "reject": (matching.review_reject, "rejected")}
-    if decision not in decide:
+    done = {"approve": "approved", "reject": "rejected"}
+    if decision not in done:
         return HttpResponse(status=404)
-    service, done = decide[decision]
     try:
-        service(review_id=review_id, admin_user_id=request.user.pk, reason=request.POST.get("reason", ""))
-        messages.success(request, f"Match review {review_id} {done}.")
+        # Needs matching.decide_review like the API: is_staff only opens the page.
+        matching_admin.review_decide(actor=admin_actor_for_request(request), review_id=review_id, decision=decision,
+                                     reason=request.POST.get("reason", ""))
+        messages.success(request, f"Match review {review_id} {done[decision]}.")
     except ApplicationError as exc:
         messages.error(request, f"Review {review_id}: {exc.message}")
     return redirect("dashboard:index")

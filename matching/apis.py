@@ -7,11 +7,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
+from config.api.responses import errors
 from config.errors import NotFound
-from marketplace.actors import actor_for_request
+from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.permissions import IsPlatformAdmin
 
-from . import selectors, services
+from . import admin_services, selectors, services
 from .models import MatchReview, MatchRound, NodeFailure
 
 
@@ -55,14 +56,16 @@ class NodeFailApi(APIView):
 
 
 class AdminNodeFailApi(APIView):
+    """Fail a supplier's node on its behalf (permission ``matching.fail_node``)."""
+
     permission_classes = [IsPlatformAdmin]
 
-    @extend_schema(request=ReasonInput, responses={201: NodeFailureOutput})
+    @extend_schema(request=ReasonInput, responses={201: NodeFailureOutput, **errors(400, 401, 403, 404, 409)})
     def post(self, request, node_id: int):
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        failure = services.node_fail(node_id=node_id, organisation=None, reason=data.validated_data["reason"],
-                                     reported_by_id=request.user.pk)
+        failure = admin_services.node_fail_by_admin(actor=admin_actor_for_request(request), node_id=node_id,
+                                                    reason=data.validated_data["reason"])
         return Response(NodeFailureOutput(failure).data, status=status.HTTP_201_CREATED)
 
 
@@ -107,29 +110,33 @@ class ReviewDetailApi(APIView):
 
 
 class ReviewApproveApi(APIView):
+    """Approve a flagged match (permission ``matching.decide_review``)."""
+
     permission_classes = [IsPlatformAdmin]
 
-    @extend_schema(request=ReasonInput, responses=ReviewOutput)
+    @extend_schema(request=ReasonInput, responses={200: ReviewOutput, **errors(400, 401, 403, 404, 409)})
     def post(self, request, review_id: int):
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        review = services.review_approve(review_id=review_id, admin_user_id=request.user.pk,
-                                         reason=data.validated_data["reason"])
+        review = admin_services.review_decide(actor=admin_actor_for_request(request), review_id=review_id,
+                                              decision="approve", reason=data.validated_data["reason"])
         return Response(ReviewOutput(review).data)
 
 
 class ReviewRejectApi(APIView):
+    """Reject a flagged match, with a reason (permission ``matching.decide_review``)."""
+
     permission_classes = [IsPlatformAdmin]
 
     class RejectInput(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
 
-    @extend_schema(request=RejectInput, responses=ReviewOutput)
+    @extend_schema(request=RejectInput, responses={200: ReviewOutput, **errors(400, 401, 403, 404, 409)})
     def post(self, request, review_id: int):
         data = self.RejectInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        review = services.review_reject(review_id=review_id, admin_user_id=request.user.pk,
-                                        reason=data.validated_data["reason"])
+        review = admin_services.review_decide(actor=admin_actor_for_request(request), review_id=review_id,
+                                              decision="reject", reason=data.validated_data["reason"])
         return Response(ReviewOutput(review).data)
 
 

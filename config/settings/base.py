@@ -32,10 +32,12 @@ INSTALLED_APPS = [
     "marketplace",
     "matching",
     "billing",
+    "audit",
     "dashboard",
 ]
 
 MIDDLEWARE = [
+    "config.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -201,6 +203,9 @@ SANDUISAN = {
     "HEARTBEAT_GRACE_SECONDS": int(os.environ.get("SANDUISAN_HEARTBEAT_GRACE_SECONDS", "300")),
     "HOLD_GRACE_HOURS": 24,
     "RELIABILITY_PRIOR_CARD_HOURS": 100,
+    # Separation of duties (README "Money"): a top-up or refund above this many CNY is only a
+    # request until a second, different admin with the same permission approves it.
+    "SECOND_APPROVAL_ABOVE": os.environ.get("SANDUISAN_SECOND_APPROVAL_ABOVE", "10000"),
     # Crash tests only: hold a round's transaction open this long before it commits.
     "PERSIST_PAUSE_SECONDS": float(os.environ.get("SANDUISAN_PERSIST_PAUSE_SECONDS", "0")),
 }

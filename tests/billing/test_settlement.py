@@ -16,7 +16,7 @@ from billing.models import Charge, Hold, Invoice, InvoiceLine
 from marketplace.models import Allocation, ListingHour, Order, Organisation
 from matching import services as matching
 
-from tests.factories import NodeFactory, make_listing
+from tests.factories import NodeFactory, admin_user, make_listing
 from tests.marketplace.helpers import assert_error
 from tests.matching.helpers import post_order
 
@@ -202,7 +202,7 @@ def test_token_usage_beyond_hold_and_wallet_waits_for_a_top_up(supplier_client, 
 
 def test_admin_refund_and_payout(supplier_client, buyer_client):
     admin = APIClient()
-    admin.force_authenticate(get_user_model().objects.create_user(username="ops", password="x", is_staff=True))
+    admin.force_authenticate(admin_user("ops", "billing.refund_charge", "billing.pay_out"))
     tokens = token_allocation(supplier_client.organisation, buyer_client)
     usage_record_batch(organisation_id=supplier_client.organisation.pk,
                        events=[UsageIn("e", tokens.pk, timezone.now(), 0, 10_000_000, 0)])
