@@ -44,10 +44,32 @@ def top_up_reference(*, organisation_id: int, reference: str) -> str:
     return f"org{organisation_id}:{reference}"
 
 
+def refund_reference(*, buyer_id: int, reference: str) -> str:
+    return f"org{buyer_id}:{reference}"
+
+
+def _transfer_id(*, kind: str, organisation_id: int, reference: str) -> str:
+    """The ledger idempotency id the operation posts under: unique in the database, and naming
+    the owner, so two organisations' equal references never meet."""
+    prefix = "top-up" if kind == MoneyApproval.Kind.TOP_UP else "refund"
+    return f"{prefix}:org{organisation_id}:{reference}"
+
+
+def _reference_unused_by_approval(*, kind: str, organisation_id: int, reference: str) -> None:
+    """A reference names one operation: one done at once cannot reuse a request's reference."""
+    if MoneyApproval.objects.filter(kind=kind, organisation_id=organisation_id, reference=reference).exists():
+        raise Conflict("This reference names a request waiting for (or decided by) a second admin.",
+                       fields={"reference": ["Already used."]}, code="idempotency_conflict")
+
+
 def _approval_request(*, actor: AdminActor, kind: str, organisation_id: int, amount: Decimal, reference: str,
                       reason: str, charge_id: int | None = None) -> MoneyApproval:
     """Create the request, or return the pending one this reference already names (same amount
-    and charge; otherwise 409)."""
+    and charge; otherwise 409, as for a reference an operation done at once already used)."""
+    if Transfer.objects.filter(idempotency_id=_transfer_id(kind=kind, organisation_id=organisation_id,
+                                                           reference=reference)).exists():
+        raise Conflict("This reference was already used.", fields={"reference": ["Already used."]},
+                       code="idempotency_conflict")
     approval, created = MoneyApproval.objects.get_or_create(
         kind=kind, organisation_id=organisation_id, reference=reference,
         defaults={"amount": amount, "charge_id": charge_id, "reason": reason, "requested_by_id": actor.user_id})
@@ -73,6 +95,8 @@ def wallet_top_up_by_admin(*, actor: AdminActor, organisation_id: int, amount: D
             return MoneyOutcome(approval=_approval_request(
                 actor=actor, kind=MoneyApproval.Kind.TOP_UP, organisation_id=organisation_id, amount=amount,
                 reference=reference, reason=reason))
+        _reference_unused_by_approval(kind=MoneyApproval.Kind.TOP_UP, organisation_id=organisation_id,
+                                      reference=reference)
         transfer = services.wallet_top_up(organisation_id=organisation_id, amount=amount,
                                           reference=top_up_reference(organisation_id=organisation_id,
                                                                      reference=reference))
@@ -95,7 +119,7 @@ def payout_by_admin(*, actor: AdminActor, organisation_id: int, reference: str) 
 
 def _refund(*, charge: Charge, amount: Decimal, reason: str, reference: str) -> Charge:
     return invoicing.charge_refund(charge_id=charge.pk, amount=amount, reason=reason,
-                                   reference=f"org{charge.buyer_id}:{reference}")
+                                   reference=refund_reference(buyer_id=charge.buyer_id, reference=reference))
 
 
 def refund_by_admin(*, actor: AdminActor, charge_id: int, amount: Decimal, reason: str,
@@ -112,6 +136,8 @@ def refund_by_admin(*, actor: AdminActor, charge_id: int, amount: Decimal, reaso
             return MoneyOutcome(approval=_approval_request(
                 actor=actor, kind=MoneyApproval.Kind.REFUND, organisation_id=charge.buyer_id, amount=amount,
                 reference=reference, reason=reason, charge_id=charge.pk))
+        _reference_unused_by_approval(kind=MoneyApproval.Kind.REFUND, organisation_id=charge.buyer_id,
+                                      reference=reference)
         refund = _refund(charge=charge, amount=amount, reason=reason, reference=reference)
         audit_record(actor=actor, action="refund.execute", target_type="charge", target_id=charge.pk, reason=reason,
                      details={"amount": amount, "reference": reference, "refund": refund.pk})
