@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
-from config.api.responses import errors
+from config.api.responses import ErrorOutput, errors
 from config.errors import Conflict, NotFound, ValidationFailed
 from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.models import Organisation
@@ -117,9 +117,20 @@ class UsageEventInput(serializers.Serializer):
     output_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
 
 
+UsageResultOutput = inline_serializer("UsageResult", {
+    "event_id": serializers.CharField(),
+    "status": serializers.ChoiceField(choices=["created", "replayed", "conflict", "rejected"]),
+    "code": serializers.ChoiceField(required=False, help_text="why it was refused", choices=[
+        "unknown_allocation", "out_of_period", "over_budget", "implausible", "idempotency_conflict", "not_stored"]),
+    "amount": serializers.CharField(required=False),
+    "error": serializers.DictField(required=False, child=serializers.ListField(child=serializers.CharField()))})
+
+
 class UsageEventApi(APIView):
     """One token usage event from the supplier serving the allocation. 201 new, 200 replay (the
-    original result), 409 same id with a different payload, 400 refused."""
+    original result), 409 same id with a different payload (``idempotency_conflict``) or beyond
+    the allocation's ``max_spend`` (``over_budget``), 400 refused: unknown allocation, outside
+    its live period (``out_of_period``), or more than the endpoint could serve (``implausible``)."""
 
     @staticmethod
     def json_body(request):
@@ -144,9 +155,11 @@ class UsageEventApi(APIView):
             return HttpResponse(orjson.dumps(data), status=status_code, content_type="application/json")
         return Response(data, status=status_code)
 
-    @extend_schema(request=UsageEventInput, responses={201: inline_serializer(
-        "UsageResult", {"event_id": serializers.CharField(), "status": serializers.CharField(),
-                        "amount": serializers.CharField()})})
+    @extend_schema(request=UsageEventInput, responses={
+        201: UsageResultOutput, 200: OpenApiResponse(UsageResultOutput, description="a replay: the original result"),
+        **errors(400, 401, 403), 409: OpenApiResponse(ErrorOutput, description=(
+            "`idempotency_conflict`: the id was used with another payload; `over_budget`: the allocation's "
+            "max_spend does not cover it"))})
     def post(self, request):
         actor = actor_for_request(request)
         actor.require_write()
@@ -156,20 +169,26 @@ class UsageEventApi(APIView):
             raise Conflict("This event id was already used with a different payload.", fields=result["error"],
                            code="idempotency_conflict")
         if result["status"] == "rejected":
-            raise ValidationFailed("Usage event refused.", fields=result["error"])
+            if result["code"] == "over_budget":
+                raise Conflict("The allocation's max_spend does not cover this usage.", fields=result["error"],
+                               code="over_budget")
+            raise ValidationFailed("Usage event refused.", fields=result["error"],
+                                   code="validation_error" if result["code"] == "unknown_allocation" else result["code"])
         return self.json_response(request, result, status.HTTP_201_CREATED if result["status"] == "created"
                                   else status.HTTP_200_OK)
 
 
 class UsageEventBatchApi(APIView):
-    """Up to 1,000 events; one result per event, in order."""
+    """Up to 1,000 events; one result per event, in order, each with its status and, when
+    refused, its code (as the single endpoint's)."""
 
     # Documents the request only: billing.metering.usage_batch_parse validates it.
     class BatchInput(serializers.Serializer):
         events = UsageEventInput(many=True, allow_empty=False, max_length=1000)
 
     @extend_schema(request=BatchInput, responses={200: inline_serializer(
-        "UsageBatchResult", {"results": serializers.JSONField(), "counts": serializers.JSONField()})})
+        "UsageBatchResult", {"results": serializers.ListField(child=UsageResultOutput), "counts": serializers.JSONField()}),
+        **errors(400, 401, 403)})
     def post(self, request):
         actor = actor_for_request(request)
         actor.require_write()

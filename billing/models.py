@@ -265,3 +265,24 @@ class MoneyApproval(models.Model):
         ]
         permissions = [("top_up_wallet", "Can top up wallets"), ("pay_out", "Can pay suppliers out"),
                        ("refund_charge", "Can refund charges"), ("resolve_dispute", "Can resolve disputes")]
+
+
+class TokenUsageTotal(models.Model):
+    """What a token allocation's accepted usage events add up to, kept by metering as it accepts
+    them (one row per allocation, locked by each batch that reports on it): the bound checks
+    against ``max_spend`` and the endpoint's capacity read this row, never a sum over events.
+    Settlement never locks it."""
+
+    allocation = models.OneToOneField("marketplace.Allocation", primary_key=True, on_delete=models.PROTECT,
+                                      related_name="token_usage")
+    amount = models.DecimalField(default=Decimal(0), **AMOUNT)
+    tokens = models.BigIntegerField(default=0)
+    # The latest occurred_at accepted: capacity is judged at the latest moment reported, so
+    # events reported out of order are not refused for it.
+    latest_occurred_at = models.DateTimeField(null=True, blank=True)
+    refused_over_budget = models.BigIntegerField(default=0)
+    refused_implausible = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gte=0) & Q(tokens__gte=0),
+                                              name="tokenusagetotal_nonnegative")]

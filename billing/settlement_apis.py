@@ -27,7 +27,13 @@ MeterOutput = inline_serializer("AllocationMeter", {
     "allocation": serializers.IntegerField(), "status": serializers.CharField(),
     "started_at": serializers.DateTimeField(allow_null=True), "last_heartbeat_at": serializers.DateTimeField(allow_null=True),
     "stopped_at": serializers.DateTimeField(allow_null=True), "metered_minutes": serializers.IntegerField(),
-    "billed_minutes": serializers.IntegerField(), "billed_amount": serializers.DecimalField(30, 12)})
+    "billed_minutes": serializers.IntegerField(), "billed_amount": serializers.DecimalField(30, 12),
+    "budget": inline_serializer("TokenBudget", {
+        "max_spend": serializers.DecimalField(30, 12), "accepted_amount": serializers.DecimalField(30, 12),
+        "accepted_tokens": serializers.IntegerField(), "remaining": serializers.DecimalField(30, 12),
+        "out_of_budget": serializers.BooleanField(), "refused_over_budget": serializers.IntegerField(),
+        "refused_implausible": serializers.IntegerField()}, allow_null=True,
+        help_text="token allocations: usage against the order's max_spend; null for card-hours")})
 
 
 class AllocationMeterApi(APIView):

@@ -205,6 +205,11 @@ SANDUISAN = {
     "RELIABILITY_PRIOR_CARD_HOURS": 100,
     # Separation of duties (README "Money"): a top-up or refund above this many CNY is only a
     # request until a second, different admin with the same permission approves it.
+    # Token usage (README "Money"): reports must arrive within this many minutes of the
+    # allocation's end; an endpoint listed before tokens_per_minute existed serves this many
+    # tokens a minute per card.
+    "USAGE_REPORT_GRACE_MINUTES": int(os.environ.get("SANDUISAN_USAGE_REPORT_GRACE_MINUTES", "60")),
+    "DEFAULT_TOKENS_PER_MINUTE_PER_CARD": 1_000_000,
     "SECOND_APPROVAL_ABOVE": os.environ.get("SANDUISAN_SECOND_APPROVAL_ABOVE", "10000"),
     # Crash tests only: hold a round's transaction open this long before it commits.
     "PERSIST_PAUSE_SECONDS": float(os.environ.get("SANDUISAN_PERSIST_PAUSE_SECONDS", "0")),

@@ -140,7 +140,7 @@ def test_a_node_failure_is_not_charged_and_earns_a_credit(supplier_client, buyer
 
 
 def test_late_usage_lands_on_the_next_invoice_as_an_adjustment(supplier_client, buyer_client):
-    tokens = token_allocation(supplier_client.organisation, buyer_client)
+    tokens = token_allocation(supplier_client.organisation, buyer_client, started_hours_ago=3)
     buyer = buyer_client.organisation
     earlier = timezone.now() - timedelta(hours=2)
     usage_record_batch(organisation_id=supplier_client.organisation.pk,
@@ -329,7 +329,7 @@ def test_the_monthly_run_skips_a_document_issued_on_demand_since_and_goes_on(sup
                                                                              client_for):
     other = client_for(is_supplier=False, is_buyer=True)
     for client in (buyer_client, other):
-        tokens = token_allocation(supplier_client.organisation, client)
+        tokens = token_allocation(supplier_client.organisation, client, started_hours_ago=2)
         usage_record_batch(organisation_id=supplier_client.organisation.pk, events=[
             UsageIn(f"e-{client.organisation.pk}", tokens.pk, timezone.now() - timedelta(hours=1), 0, 1_000_000, 0)])
     settlement.settle_pending_usage()
