@@ -1,11 +1,13 @@
 from decimal import Decimal
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from config.errors import NotFound
 from marketplace.models import Allocation, Organisation
 
 from .models import Account, AllocationMeter, Charge, Hold, Invoice, TokenUsageTotal
+from .settlement import metered_seconds
 
 
 def wallet_balances(*, organisation_id: int) -> dict[str, Decimal]:
@@ -41,10 +43,6 @@ def allocation_meter_get(*, organisation: Organisation, allocation_id: int) -> t
 
 def meter_figures(*, allocation: Allocation, meter: AllocationMeter, now=None) -> dict:
     """What the meter shows: minutes used so far and what settlement has charged."""
-    from django.utils import timezone
-
-    from .settlement import metered_seconds
-
     return {"allocation": allocation.pk, "status": allocation.status, "started_at": meter.started_at,
             "last_heartbeat_at": meter.last_heartbeat_at, "stopped_at": meter.stopped_at,
             "metered_minutes": metered_seconds(meter=meter, allocation=allocation, now=now or timezone.now()) // 60,

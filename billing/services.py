@@ -5,7 +5,6 @@ idempotency id is unique, so a replay returns the first transfer instead of post
 """
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +16,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from config.errors import ApplicationError, Conflict, ValidationFailed
+from config.errors import Conflict, ValidationFailed
 from marketplace.hours import hour_start
 
 from .models import Account, Entry, Hold, Transfer
 from .rating import TokenPrices, commission, exact, max_cost_card_hours, max_cost_tokens
 
-logger = logging.getLogger(__name__)
 BUYER_KINDS = (Account.Kind.BUYER_WALLET, Account.Kind.BUYER_HELD)
 # Money enters through EXTERNAL, credits are granted from PLATFORM_CREDITS, and sub-fen remainders
 # flow both ways through PLATFORM_ROUNDING: these may go below zero; every other account may not.
@@ -335,27 +333,3 @@ def hold_void(*, hold_id: int) -> Hold:
         if hold.status != Hold.Status.PENDING or hold.posted_amount:
             raise Conflict(f"The hold is {hold.status}.", code="hold_not_pending")
         return hold_release_locked(hold=hold)
-
-
-def holds_expire(*, now=None) -> int:
-    """Close every pending hold past its expiry: an allocation's hold is settled first (its usage
-    charged, the rest released), any other is voided. Idempotent; returns how many it closed."""
-    from .settlement import allocation_settle
-
-    now = now or timezone.now()
-    closed = 0
-    for pk, allocation_id in (Hold.objects.filter(status=Hold.Status.PENDING, expires_at__lte=now).order_by("pk")
-                              .values_list("pk", "allocation_id")):
-        try:
-            if allocation_id is not None:
-                allocation_settle(allocation_id=allocation_id, now=now, final=True)
-            else:
-                hold_void(hold_id=pk)
-            closed += 1
-        except Conflict:
-            continue  # settled meanwhile
-        except ApplicationError:
-            # One hold that cannot close must not keep every other expired hold open.
-            logger.exception("hold %s could not be closed on expiry", pk)
-            continue
-    return closed

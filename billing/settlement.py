@@ -2,7 +2,7 @@
 platform's commission; what is left on the hold returns to the buyer when the allocation ends.
 
 Card-hours are metered per minute of actual use (``AllocationMeter``: started and stopped by the
-supplier, kept alive by heartbeats) at the match price, never beyond the allocation's service
+supplier through ``lifecycle.services``, kept alive by heartbeats) at the match price, never beyond the allocation's service
 period. Token usage is settled from the stored usage events. Every step is idempotent: settling
 an allocation twice charges nothing more, and a retried Celery task is harmless.
 
@@ -22,15 +22,14 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
-from config.errors import ApplicationError, InvalidTransition, NotFound
-from marketplace.hours import current_hour_index, hour_start
-from marketplace.models import Allocation, Order, Organisation
-from matching.models import FailureImpact, NodeFailure
+from config.errors import ApplicationError, Conflict, NotFound
+from marketplace.hours import hour_start
+from marketplace.models import Allocation, Order
 
 from .models import Account, AllocationMeter, Charge, Hold, UsageEvent
-from .rating import TokenPrices, commission, exact, rate_card_minutes, rate_tokens
+from .rating import TokenPrices, commission, rate_card_minutes, rate_tokens
 from .services import (account_get_or_create, charge_accounts_lock, hold_capture_locked, hold_release_locked,
-                       transfer_post)
+                       hold_void, transfer_post)
 
 logger = logging.getLogger(__name__)
 ENDED = (Allocation.Status.COMPLETED, Allocation.Status.INTERRUPTED, Allocation.Status.RELEASED)
@@ -79,7 +78,7 @@ def metered_seconds(*, meter: AllocationMeter, allocation: Allocation, now: date
     return max(0, min(seconds, int((service_end - meter.started_at).total_seconds())))
 
 
-def _meter_advance(meter: AllocationMeter, allocation: Allocation, at: datetime) -> None:
+def meter_advance(meter: AllocationMeter, allocation: Allocation, at: datetime) -> None:
     """Fold the stretch from the last heartbeat to ``at`` into the meter: a heartbeat within the
     grace period counts the whole stretch; after a longer silence only the grace counts."""
     _, service_end = service_window(allocation)
@@ -87,137 +86,6 @@ def _meter_advance(meter: AllocationMeter, allocation: Allocation, at: datetime)
     end = min(at, service_end, mark + heartbeat_grace())
     meter.accumulated_seconds += max(0, int((end - mark).total_seconds()))
     meter.last_heartbeat_at = max(mark, min(at, service_end))
-
-
-def _meter_locked(*, organisation: Organisation | None,
-                  allocation_id: int) -> tuple[Order, Allocation, AllocationMeter]:
-    """The order, allocation and meter, locked in the global order (order first). ``organisation``
-    scopes the call to the allocation's supplier; None is the platform itself."""
-    allocation = Allocation.objects.filter(pk=allocation_id).first()
-    if allocation is None or (organisation is not None and allocation.supplier_id != organisation.pk):
-        raise NotFound("No such allocation.")
-    if allocation is None:
-        raise NotFound("No such allocation.")
-    order = Order.objects.select_for_update().get(pk=allocation.order_id)
-    allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
-    meter, _ = AllocationMeter.objects.select_for_update().get_or_create(allocation=allocation)
-    return order, allocation, meter
-
-
-def allocation_start(*, organisation: Organisation, allocation_id: int, now: datetime | None = None) -> AllocationMeter:
-    """The supplier starts the buyer's work. Billing runs from now (or the first hour of the
-    allocation, if the supplier is early). Locks order, then allocation. Starting twice is a no-op."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        order, allocation, meter = _meter_locked(organisation=organisation, allocation_id=allocation_id)
-        if allocation.status == Allocation.Status.RUNNING:
-            return meter
-        start, end = service_window(allocation)
-        if allocation.kind != Order.Kind.CARD_HOURS or allocation.status != Allocation.Status.CONFIRMED:
-            raise InvalidTransition(f"An allocation that is {allocation.status} cannot be started.",
-                                    fields={"status": [f"Cannot start from {allocation.status}."]})
-        if not start - heartbeat_grace() <= now < end:
-            raise InvalidTransition(f"The allocation runs from {start.isoformat()} to {end.isoformat()}.",
-                                    fields={"start": ["Outside the allocation's hours."]})
-        meter.started_at = max(now, start)
-        meter.last_heartbeat_at = meter.started_at
-        meter.save()
-        allocation.status = Allocation.Status.RUNNING
-        allocation.save(update_fields=["status", "updated_at"])
-        order.status = Order.Status.RUNNING
-        order.save(update_fields=["status", "updated_at"])
-        return meter
-
-
-def allocation_heartbeat(*, organisation: Organisation, allocation_id: int,
-                         now: datetime | None = None) -> AllocationMeter:
-    """The work is still running. Locks the allocation, then its meter."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        allocation = Allocation.objects.select_for_update().filter(pk=allocation_id, supplier=organisation).first()
-        if allocation is None:
-            raise NotFound("No such allocation.")
-        if allocation.status != Allocation.Status.RUNNING:
-            raise InvalidTransition(f"The allocation is {allocation.status}, not running.",
-                                    fields={"status": [f"Not running ({allocation.status})."]})
-        meter = AllocationMeter.objects.select_for_update().get(allocation=allocation)
-        _meter_advance(meter, allocation, now)
-        meter.save()
-        return meter
-
-
-def allocation_stop(*, organisation: Organisation | None, allocation_id: int, now: datetime | None = None) -> AllocationMeter:
-    """The work ended (the supplier says so, or the allocation's hours ran out): the allocation
-    and its order complete, unused whole hours go back on sale, and the allocation is settled
-    and its hold closed in the same transaction. Stopping twice is a no-op."""
-    # marketplace.services imports this module; importing it back here, at call time, avoids the cycle
-    from marketplace.services import _allocation_release_unused_locked
-
-    now = now or timezone.now()
-    with transaction.atomic():
-        order, allocation, meter = _meter_locked(organisation=organisation, allocation_id=allocation_id)
-        if allocation.status == Allocation.Status.COMPLETED:
-            return meter
-        if allocation.status not in (Allocation.Status.RUNNING, Allocation.Status.CONFIRMED):
-            raise InvalidTransition(f"An allocation that is {allocation.status} cannot be stopped.",
-                                    fields={"status": [f"Cannot stop from {allocation.status}."]})
-        if allocation.kind == Order.Kind.CARD_HOURS and meter.started_at is None:
-            if organisation is not None:
-                # A supplier cannot walk away from a sale by stopping it before it starts: an
-                # allocation never started counts as not delivered when its hours run out.
-                raise InvalidTransition("The allocation has not started; it cannot be stopped.",
-                                        fields={"status": ["Not started."]})
-            return _no_show_locked(order, allocation, meter, now)
-        if meter.started_at is not None and meter.stopped_at is None:
-            _meter_advance(meter, allocation, now)
-            meter.stopped_at = max(meter.started_at, min(now, service_window(allocation)[1]))
-            meter.save()
-        _allocation_release_unused_locked(allocation=allocation, from_hour=current_hour_index(now) + 1)
-        allocation.status = Allocation.Status.COMPLETED
-        allocation.save(update_fields=["status", "updated_at"])
-        if not order.allocations.filter(status__in=Allocation.ACTIVE).exists():
-            order.status = Order.Status.COMPLETED
-            order.save(update_fields=["status", "updated_at"])
-        allocation_settle(allocation_id=allocation.pk, now=now, final=True)
-        return meter
-
-
-def _no_show_locked(order: Order, allocation: Allocation, meter: AllocationMeter, now: datetime) -> AllocationMeter:
-    """The allocation's hours ran out and its supplier never started it: nothing is charged, the
-    hold returns, the order goes back to the book (it expires if its window has closed), and the
-    supplier's reliability counts every card-hour as not delivered."""
-    allocation.status = Allocation.Status.INTERRUPTED
-    allocation.delivered_end_hour = allocation.start_hour
-    allocation.save(update_fields=["status", "delivered_end_hour", "updated_at"])
-    if not order.allocations.filter(status__in=Allocation.ACTIVE).exists():
-        next_start = max(order.earliest_start, hour_start(current_hour_index(now) + 1))
-        if next_start + timedelta(hours=order.duration_hours) <= order.latest_end:
-            order.status, order.earliest_start = Order.Status.OPEN, next_start
-            order.status_reason = "the supplier never started the work; re-matching"
-            order.rematch_count += 1
-        else:
-            order.status = Order.Status.EXPIRED
-            order.status_reason = "the supplier never started the work and the window has closed"
-        order.save(update_fields=["status", "rematch_count", "status_reason", "earliest_start", "updated_at"])
-    allocation_settle(allocation_id=allocation.pk, now=now, final=True)
-    supplier_reliability_refresh(organisation_id=allocation.supplier_id)
-    return meter
-
-
-def allocations_close_due(*, now: datetime | None = None) -> int:
-    """Close every live allocation whose hours have run out: card-hours stopped at their end (one
-    its supplier never started is a no-show, see ``_no_show_locked``); tokens at the listing's
-    end. Idempotent; one that fails is logged and left for the next run. Returns how many closed."""
-    now = now or timezone.now()
-    due = (Allocation.objects.filter(status__in=(Allocation.Status.CONFIRMED, Allocation.Status.RUNNING),
-                                     end_hour__lte=current_hour_index(now))
-           .order_by("pk").values_list("pk", flat=True))
-    closed = 0
-    for pk in due:
-        with sweep_item("close allocation", pk):
-            allocation_stop(organisation=None, allocation_id=pk, now=now)
-            closed += 1
-    return closed
 
 
 # --- settlement -------------------------------------------------------------------------------
@@ -379,6 +247,28 @@ def _settle_tokens(allocation: Allocation, hold: Hold | None, accounts, buyer_id
     outcome.unfunded_events = summary["n"] - sums["n"]
 
 
+def holds_expire(*, now=None) -> int:
+    """Close every pending hold past its expiry: an allocation's hold is settled first (its usage
+    charged, the rest released), any other is voided. Idempotent; returns how many it closed."""
+    now = now or timezone.now()
+    closed = 0
+    for pk, allocation_id in (Hold.objects.filter(status=Hold.Status.PENDING, expires_at__lte=now).order_by("pk")
+                              .values_list("pk", "allocation_id")):
+        try:
+            if allocation_id is not None:
+                allocation_settle(allocation_id=allocation_id, now=now, final=True)
+            else:
+                hold_void(hold_id=pk)
+            closed += 1
+        except Conflict:
+            continue  # settled meanwhile
+        except ApplicationError:
+            # One hold that cannot close must not keep every other expired hold open.
+            logger.exception("hold %s could not be closed on expiry", pk)
+            continue
+    return closed
+
+
 def settle_pending_usage(*, now: datetime | None = None) -> int:
     """Settle every allocation with unsettled token usage; returns how many events it settled."""
     ids = (UsageEvent.objects.filter(settled=False).values_list("allocation_id", flat=True)
@@ -397,62 +287,3 @@ def settle_due(*, now: datetime | None = None) -> int:
         with sweep_item("settle allocation", pk):
             allocation_settle(allocation_id=pk, now=now)
     return len(ids)
-
-
-# --- failures: service credits and reliability --------------------------------------------------
-
-def failure_settle(*, failure_id: int, now: datetime | None = None) -> list[Charge]:
-    """Settle what a node failure touched and compensate the buyers. Call inside the atomic block
-    that recorded the failure. Each affected allocation is settled and its hold closed; the buyer
-    was never charged for the hour of the failure or after it (the service window ends there).
-    A buyer whose work had started also gets a service credit: ``SERVICE_CREDIT_RATE`` of the lost
-    card-hours' value, paid by the platform. The supplier's reliability is recomputed."""
-    failure = NodeFailure.objects.select_related("node").get(pk=failure_id)
-    credits = []
-    rate = Decimal(settings.SANDUISAN["SERVICE_CREDIT_RATE"])
-    for impact in FailureImpact.objects.filter(failure=failure).select_related("allocation__order").order_by("pk"):
-        allocation = impact.allocation
-        allocation_settle(allocation_id=allocation.pk, now=now, final=True)
-        value = exact(allocation.price_per_card_hour * impact.cards * impact.hours_lost)
-        credit = exact(value * rate)
-        # Credited only where the work had really started (by its meter, not the clock).
-        started = AllocationMeter.objects.filter(allocation=allocation, started_at__isnull=False).exists()
-        if not started or credit <= 0:
-            continue
-        buyer_id = allocation.order.organisation_id
-        platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_CREDITS)
-        wallet = account_get_or_create(organisation_id=buyer_id, kind=Account.Kind.BUYER_WALLET)
-        transfer, created = transfer_post(idempotency_id=f"service-credit:impact:{impact.pk}", kind="service_credit",
-                                          legs=[(platform.pk, -credit), (wallet.pk, credit)],
-                                          memo=f"node {failure.node_id} failed under allocation {allocation.pk}")
-        if not created:
-            continue
-        at = hour_start(failure.failed_hour)
-        credits.append(Charge.objects.create(
-            buyer_id=buyer_id, supplier=None, order_id=allocation.order_id, allocation=allocation,
-            kind=Charge.Kind.SERVICE_CREDIT, quantity=Decimal(impact.cards * impact.hours_lost),
-            unit_price=allocation.price_per_card_hour, amount=-credit, commission=Decimal(0), usage_from=at,
-            usage_to=at, transfer=transfer,
-            memo=f"{rate:%} of {impact.cards * impact.hours_lost} card-hours lost to a node failure"))
-    supplier_reliability_refresh(organisation_id=failure.node.organisation_id)
-    return credits
-
-
-def supplier_reliability_refresh(*, organisation_id: int) -> Decimal:
-    """Reliability = share of committed card-hours delivered, smoothed by a prior of fully
-    delivered card-hours (``RELIABILITY_PRIOR_CARD_HOURS``) so one early failure does not sink a
-    new supplier: (delivered + prior) / (delivered + lost + prior), rounded down to 0.001.
-    Delivered card-hours are what the meters billed; lost ones are those a node failure took,
-    plus every card-hour of an allocation the supplier never started (a no-show)."""
-    prior = Decimal(settings.SANDUISAN["RELIABILITY_PRIOR_CARD_HOURS"])
-    sold = Allocation.objects.filter(supplier_id=organisation_id, kind=Order.Kind.CARD_HOURS)
-    delivered = sum((Decimal(minutes * cards) / 60 for minutes, cards in AllocationMeter.objects.filter(
-        allocation__in=sold).values_list("billed_minutes", "allocation__cards")), Decimal(0))
-    lost = sum((Decimal(i.cards * i.hours_lost) for i in FailureImpact.objects.filter(
-        allocation__supplier_id=organisation_id)), Decimal(0))
-    no_shows = sold.filter(status=Allocation.Status.INTERRUPTED, failure_impacts__isnull=True)
-    lost += sum((Decimal(cards * (end - start)) for cards, start, end in no_shows.values_list(
-        "cards", "start_hour", "end_hour")), Decimal(0))
-    reliability = ((delivered + prior) / (delivered + lost + prior)).quantize(Decimal("0.001"), rounding="ROUND_DOWN")
-    Organisation.objects.filter(pk=organisation_id).update(reliability=reliability)
-    return reliability

@@ -14,13 +14,14 @@ from rest_framework.views import APIView
 from config.api.jsonable import jsonable
 from config.api.responses import errors
 from config.errors import NotFound
+from lifecycle import services as lifecycle
+from lifecycle.figures import buyer_figures, supplier_figures
 from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.models import Organisation
 from marketplace.permissions import IsPlatformAdmin
 
 from . import admin_services, invoicing, selectors, settlement
 from .apis import MoneyApprovalOutput
-from .figures import buyer_figures, supplier_figures
 from .models import Charge, Invoice, InvoiceLine
 
 MeterOutput = inline_serializer("AllocationMeter", {
@@ -51,8 +52,8 @@ class AllocationMeterActionApi(APIView):
     billing is per minute of actual use. One view, bound to one action per URL."""
 
     action = None
-    ACTIONS = {"start": settlement.allocation_start, "heartbeat": settlement.allocation_heartbeat,
-               "stop": settlement.allocation_stop}
+    ACTIONS = {"start": lifecycle.allocation_start, "heartbeat": lifecycle.allocation_heartbeat,
+               "stop": lifecycle.allocation_stop}
 
     @extend_schema(request=None, responses=MeterOutput)
     def post(self, request, allocation_id: int):

@@ -3,12 +3,12 @@ from celery import shared_task
 
 from config.errors import NotFound
 
-from . import invoicing, services, settlement
+from . import invoicing, settlement
 
 
 @shared_task(name="billing.holds_expire", time_limit=120, soft_time_limit=100, acks_late=True)
 def holds_expire() -> int:
-    return services.holds_expire()
+    return settlement.holds_expire()
 
 
 @shared_task(name="billing.settle_allocation", time_limit=120, soft_time_limit=100, acks_late=True)
@@ -22,11 +22,6 @@ def settle_allocation(allocation_id: int) -> str:
 @shared_task(name="billing.settle_due", time_limit=600, soft_time_limit=540, acks_late=True)
 def settle_due() -> int:
     return settlement.settle_due()
-
-
-@shared_task(name="billing.allocations_close_due", time_limit=300, soft_time_limit=270, acks_late=True)
-def allocations_close_due() -> int:
-    return settlement.allocations_close_due()
 
 
 @shared_task(name="billing.invoices_issue_monthly", time_limit=1800, soft_time_limit=1700, acks_late=True)

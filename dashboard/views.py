@@ -1,6 +1,6 @@
 """The operators' dashboard: one server-rendered page for platform admins (staff), its charts as
 PNG images drawn on the server, and the review decisions it posts. Thin views over selectors and
-matching's review services."""
+the lifecycle's review services."""
 import io
 
 from django.contrib import messages
@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from config.errors import ApplicationError
 from marketplace.actors import admin_actor_for_request
-from matching import admin_services as matching_admin
+from lifecycle import admin_services as lifecycle_admin
 
 from . import selectors
 
@@ -33,7 +33,7 @@ def review_decide(request, review_id: int, decision: str):
         return HttpResponse(status=404)
     try:
         # Needs matching.decide_review like the API: is_staff only opens the page.
-        matching_admin.review_decide(actor=admin_actor_for_request(request), review_id=review_id, decision=decision,
+        lifecycle_admin.review_decide(actor=admin_actor_for_request(request), review_id=review_id, decision=decision,
                                      reason=request.POST.get("reason", ""))
         messages.success(request, f"Match review {review_id} {done[decision]}.")
     except ApplicationError as exc:

@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from config.api.idempotency import idempotent
 from config.api.jsonable import jsonable
 from config.errors import ValidationFailed
+from lifecycle import services as lifecycle
 
 from . import selectors, services
 from .actors import actor_for_request
@@ -309,9 +310,7 @@ class NodeDetailApi(APIView):
         data = _validated(self.NodeDetailInput, request.data)
         if data.get("status") == Node.Status.FAILED:
             # A failure is more than a status: unfinished work on the node is re-matched.
-            from matching.services import node_fail
-
-            node_fail(node_id=node_id, organisation=org, reason="marked failed by the supplier",
+            lifecycle.node_fail(node_id=node_id, organisation=org, reason="marked failed by the supplier",
                       reported_by_id=actor.user_id)
             data.pop("status")
         node = services.node_update(organisation=org, node_id=node_id, **data)
@@ -481,11 +480,11 @@ class OrderListCreateApi(OrganisationScopedListMixin, generics.ListAPIView):
             kind, serializer, data = _demand_input(request.data)
             workload = WorkloadInput.to_model_fields(data.get("workload"))
             if kind == Order.Kind.CARD_HOURS:
-                order = services.order_create_card_hours(organisation=org, demand=serializer.to_demand(data),
-                                                         workload=workload)
+                order = lifecycle.order_create_card_hours(organisation=org, demand=serializer.to_demand(data),
+                                                          workload=workload)
             else:
-                order = services.order_create_tokens(organisation=org, demand=serializer.to_demand(data),
-                                                     workload=workload)
+                order = lifecycle.order_create_tokens(organisation=org, demand=serializer.to_demand(data),
+                                                      workload=workload)
             order = selectors.order_get(organisation=org, order_id=order.pk)
             return Response(OrderOutput(order).data, status=status.HTTP_201_CREATED)
 
@@ -509,7 +508,7 @@ class OrderCancelApi(APIView):
         actor.require_write()
         org = actor.require_organisation()
         data = _validated(self.OrderCancelInput, request.data or {})
-        services.order_cancel(organisation=org, order_id=order_id, reason=data["reason"])
+        lifecycle.order_cancel(organisation=org, order_id=order_id, reason=data["reason"])
         return Response(OrderOutput(selectors.order_get(organisation=org, order_id=order_id)).data)
 
 

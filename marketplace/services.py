@@ -1,4 +1,7 @@
-"""Marketplace writes. Every state change goes through a function here.
+"""Marketplace writes: the records of organisations, supply, demand and sold slots. Flows that
+also move money or ask for matching (reserving with a hold, cancelling, failures, the meter) are
+the allocation lifecycle's, in ``lifecycle.services``; this module never imports billing, matching
+or the lifecycle.
 
 Lock order, everywhere (so concurrent services never deadlock):
     node -> listing -> order -> allocation -> listing-hour rows ordered by (listing_id, hour).
@@ -21,8 +24,6 @@ from .authentication import KEY_SCHEME, hash_key
 from .demand import (MAX_DURATION_HOURS, CardHoursDemand, TokensDemand, order_region_rule, region_info, regions_by_id,
                      resolve_card_hours, resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start, is_whole_hour
-from billing.services import allocation_hold_place
-from billing.settlement import allocation_settle
 from matching.engine.geo import region_allows
 
 from .models import (AIModel, Allocation, AllocationPart, ApiKey, ChipType, Interconnect, Listing,
@@ -97,7 +98,7 @@ def node_create(*, organisation: Organisation, name: str, chip_code: str, card_c
         raise ValidationFailed.on("name", f"You already have a node named {name!r}.")
 
 
-# Failing a node is matching.services.node_fail (it re-matches the node's unfinished work).
+# Failing a node is lifecycle.services.node_fail (it settles, credits and re-matches the node's work).
 NODE_TRANSITIONS = {
     Node.Status.ACTIVE: {Node.Status.DRAINING, Node.Status.OFFLINE},
     Node.Status.DRAINING: {Node.Status.ACTIVE, Node.Status.OFFLINE},
@@ -264,7 +265,6 @@ def order_create_card_hours(*, organisation: Organisation, demand: CardHoursDema
                                              for o in resolved.options])
         if resolved.regions:
             order.allowed_regions.set(resolved.regions)
-        _after_commit_request_matching(order.pk)
         return order
 
 
@@ -285,46 +285,10 @@ def order_create_tokens(*, organisation: Organisation, demand: TokensDemand, wor
         )
         if regions:
             order.allowed_regions.set(regions)
-        _after_commit_request_matching(order.pk)
         return order
-
-
-def _after_commit_request_matching(order_id: int) -> None:
-    """Once the order is committed, ask the matching engine to look at it soon."""
-    from django.conf import settings
-
-    if settings.SANDUISAN.get("AUTO_MATCH"):
-        from matching.tasks import order_arrived
-
-        # robust: the order is committed either way; a broker hiccup is logged, and the
-        # every-minute rounds pick the order up regardless.
-        transaction.on_commit(lambda: order_arrived.delay(order_id), robust=True)
 
 
 CANCELLABLE = {Order.Status.OPEN, Order.Status.MATCHED}
-
-
-def order_cancel(*, organisation: Organisation, order_id: int, reason: str = "") -> Order:
-    """Cancel an open or matched order and put every slot it held back on sale."""
-    with transaction.atomic():
-        order = Order.objects.select_for_update().filter(organisation=organisation, pk=order_id).first()
-        if order is None:
-            raise NotFound("No such order.")
-        if order.status == Order.Status.CANCELLED:
-            return order
-        if order.status not in CANCELLABLE:
-            raise InvalidTransition(f"An order that is {order.status} cannot be cancelled.",
-                                    fields={"status": [f"Cannot cancel from {order.status}."]})
-        # Only live allocations: an interrupted one already gave its undelivered hours back.
-        released = list(order.allocations.filter(status__in=Allocation.ACTIVE)
-                        .order_by("pk").values_list("pk", flat=True))
-        for allocation_id in released:
-            _allocation_release_locked(allocation_id=allocation_id)
-            allocation_settle(allocation_id=allocation_id, final=True)  # nothing delivered: the hold returns
-        order.status = Order.Status.CANCELLED
-        order.status_reason = reason[:300] or "cancelled by the buyer"
-        order.save(update_fields=["status", "status_reason", "updated_at"])
-        return order
 
 
 # --- slots ----------------------------------------------------------------------------------------
@@ -335,11 +299,13 @@ class SlotClaim:
     cards: int
 
 
-def slots_reserve(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int, end_hour: int,
-                  price_per_card_hour: Decimal, price_rule: str = "ask", round_id: str = "",
-                  status: str = Allocation.Status.CONFIRMED) -> Allocation:
+def slots_sell(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int, end_hour: int,
+               price_per_card_hour: Decimal, price_rule: str = "ask", round_id: str = "",
+               status: str = Allocation.Status.CONFIRMED) -> tuple[Order, Allocation]:
     """Sell card-hour slots ``[start_hour, end_hour)`` on the claimed listings to one open order,
-    all or nothing, and mark the order matched.
+    all or nothing, and mark the order matched: the records only. Returns the locked order and
+    the new allocation; ``lifecycle.services.slots_reserve`` places the buyer's hold in the same
+    transaction (call this inside the caller's atomic block for that).
 
     Opens its own atomic block (a savepoint inside a caller's). Locks the order row, then the
     listing-hour rows ordered by (listing_id, hour). Re-checks every hard constraint of the order
@@ -388,10 +354,9 @@ def slots_reserve(*, order_id: int, claims: Sequence[SlotClaim], start_hour: int
         AllocationPart.objects.bulk_create([
             AllocationPart(allocation=allocation, listing_id=lid, node_id=listings[lid].node_id,
                            cards=cards_by_listing[lid]) for lid in listing_ids])
-        allocation_hold_place(allocation=allocation, order=order)
         order.status = Order.Status.MATCHED
         order.save(update_fields=["status", "updated_at"])
-        return allocation
+        return order, allocation
 
 
 def _check_claim(*, order: Order, listings: dict[int, Listing], cards_by_listing: dict[int, int], start_hour: int,
@@ -439,22 +404,22 @@ def _check_claim(*, order: Order, listings: dict[int, Listing], cards_by_listing
 def slots_release(*, allocation_id: int, from_hour: int | None = None) -> Allocation:
     """Put an allocation's unused slots back on sale (from ``from_hour`` on, default: all)."""
     with transaction.atomic():
-        return _allocation_release_locked(allocation_id=allocation_id, from_hour=from_hour)
+        return allocation_release_locked(allocation_id=allocation_id, from_hour=from_hour)
 
 
-def _allocation_release_locked(*, allocation_id: int, from_hour: int | None = None) -> Allocation:
+def allocation_release_locked(*, allocation_id: int, from_hour: int | None = None) -> Allocation:
     """Call inside atomic, after locking the allocation's order. Locks listing-hour rows in
     (listing_id, hour) order."""
     allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
     if allocation.status == Allocation.Status.RELEASED:
         return allocation
-    _allocation_release_unused_locked(allocation=allocation, from_hour=from_hour)
+    allocation_release_unused_locked(allocation=allocation, from_hour=from_hour)
     allocation.status = Allocation.Status.RELEASED
     allocation.save(update_fields=["status", "updated_at"])
     return allocation
 
 
-def _allocation_release_unused_locked(*, allocation: Allocation, from_hour: int | None = None) -> None:
+def allocation_release_unused_locked(*, allocation: Allocation, from_hour: int | None = None) -> None:
     """Put the allocation's slots from ``from_hour`` on (default: all) back on sale, leaving its
     status alone. Call inside atomic with the order and allocation locked; locks listing-hours in
     (listing_id, hour) order."""

@@ -2,10 +2,10 @@ from django import forms
 from django.contrib import admin, messages
 
 from config.errors import ApplicationError
+from lifecycle import admin_services
 from marketplace.actors import admin_actor_for_request
 from marketplace.admin import NodeAdmin
 
-from . import admin_services
 from .models import FailureImpact, MatchReview, MatchRound, NodeFailure, RejectedPairing, ReviewPolicy
 
 

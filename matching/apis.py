@@ -9,10 +9,12 @@ from rest_framework.views import APIView
 from config.api.jsonable import jsonable
 from config.api.responses import errors
 from config.errors import NotFound
+from lifecycle import admin_services
+from lifecycle import services as lifecycle
 from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.permissions import IsPlatformAdmin
 
-from . import admin_services, selectors, services
+from . import selectors, services
 from .models import MatchReview, MatchRound, NodeFailure
 
 
@@ -50,8 +52,8 @@ class NodeFailApi(APIView):
         actor.require_write()
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        failure = services.node_fail(node_id=node_id, organisation=actor.require_organisation(),
-                                     reason=data.validated_data["reason"], reported_by_id=actor.user_id)
+        failure = lifecycle.node_fail(node_id=node_id, organisation=actor.require_organisation(),
+                                      reason=data.validated_data["reason"], reported_by_id=actor.user_id)
         return Response(NodeFailureOutput(failure).data, status=status.HTTP_201_CREATED)
 
 

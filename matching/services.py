@@ -1,8 +1,9 @@
-"""Matching writes: running and persisting rounds, reviewing flagged matches, supplier failures.
+"""Matching writes: running and persisting rounds (allocations, their holds, flagged matches'
+reviews). Deciding reviews and failing nodes are lifecycle steps (``lifecycle.services``).
 
 Lock order (the same as marketplace.services, so nothing deadlocks):
-    node (FOR SHARE here; FOR UPDATE when it fails) -> order -> allocation -> listing-hours by
-    (listing_id, hour).
+    node (FOR SHARE here) -> order -> allocation -> listing-hours by (listing_id, hour), then
+    ledger accounts.
 """
 from __future__ import annotations
 
@@ -16,21 +17,18 @@ import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
-from config.errors import InvalidTransition, NotFound, Unavailable, ValidationFailed
+from config.errors import Unavailable
 from marketplace.demand import order_region_rule, region_info
-from marketplace.hours import current_hour_index, hour_index, hour_start
+from marketplace.hours import current_hour_index, hour_index
 from marketplace.models import (Allocation, AllocationPart, Listing, Node, Order, Organisation,
                                 Region)
-from marketplace.services import _allocation_release_locked
 
 from billing.services import (InsufficientFunds, MatchHold, allocation_hold_expiry, allocation_hold_place,
                               allocation_max_cost, buyer_funds_lock, match_holds_place)
 
-from billing.settlement import allocation_settle, failure_settle
-
 from .engine.engine import run_engine
 from .engine.types import EngineParams, EngineResult, from_micro
-from .models import FailureImpact, MatchReview, MatchRound, NodeFailure, RejectedPairing, ReviewPolicy
+from .models import MatchReview, MatchRound, ReviewPolicy
 from .snapshot import load_snapshot
 
 TOKENS_BUCKET = "tokens"
@@ -356,139 +354,3 @@ def _short_of_funds(extra: dict) -> str:
     """The reason an order stays unmatched, shown on the order and by explain."""
     return (f"insufficient funds: the match needs a hold of {extra.get('needed')} CNY and the wallet has "
             f"{extra.get('available')} CNY available")[:300]
-
-
-# --- review -----------------------------------------------------------------------------------
-
-def review_approve(*, review_id: int, admin_user_id: int, reason: str = "") -> MatchReview:
-    """Confirm a flagged match: the allocation stands and its order is matched."""
-    with transaction.atomic():
-        review = _review_for_decision(review_id)
-        order = Order.objects.select_for_update().get(pk=review.allocation.order_id)
-        allocation = Allocation.objects.select_for_update().get(pk=review.allocation_id)
-        if allocation.status != Allocation.Status.PENDING_REVIEW or order.status != Order.Status.OPEN:
-            raise InvalidTransition("This match is no longer waiting for review.")
-        allocation.status = Allocation.Status.CONFIRMED
-        allocation.save(update_fields=["status", "updated_at"])
-        order.status = Order.Status.MATCHED
-        order.save(update_fields=["status", "updated_at"])
-        return _decide(review, MatchReview.Status.APPROVED, admin_user_id, reason)
-
-
-def review_reject(*, review_id: int, admin_user_id: int, reason: str) -> MatchReview:
-    """Refuse a flagged match: its capacity goes back on sale, the order returns to the book, and
-    the engine never proposes this order on these listings again."""
-    if not reason or not reason.strip():
-        raise ValidationFailed.on("reason", "Say why the match is rejected.")
-    with transaction.atomic():
-        review = _review_for_decision(review_id)
-        order = Order.objects.select_for_update().get(pk=review.allocation.order_id)
-        if review.allocation.status != Allocation.Status.PENDING_REVIEW:
-            raise InvalidTransition("This match is no longer waiting for review.")
-        _allocation_release_locked(allocation_id=review.allocation_id)
-        allocation_settle(allocation_id=review.allocation_id, final=True)  # the hold returns to the buyer
-        RejectedPairing.objects.bulk_create(
-            [RejectedPairing(order=order, listing_id=p.listing_id, review=review)
-             for p in review.allocation.parts.all()], ignore_conflicts=True)
-        decided = _decide(review, MatchReview.Status.REJECTED, admin_user_id, reason)
-    transaction.on_commit(lambda: schedule_rounds_for_order(order_id=order.pk), robust=True)
-    return decided
-
-
-def _review_for_decision(review_id: int) -> MatchReview:
-    review = MatchReview.objects.select_for_update().select_related("allocation").filter(pk=review_id).first()
-    if review is None:
-        raise NotFound("No such review.")
-    if review.status != MatchReview.Status.PENDING:
-        raise InvalidTransition(f"This match was already {review.status}.")
-    return review
-
-
-def _decide(review: MatchReview, status: str, admin_user_id: int, reason: str) -> MatchReview:
-    review.status = status
-    review.decided_by_id = admin_user_id
-    review.decided_at = timezone.now()
-    review.decision_reason = reason.strip()
-    review.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
-    return review
-
-
-# --- failure ----------------------------------------------------------------------------------
-
-def node_fail(*, node_id: int, organisation: Organisation | None = None, reason: str = "",
-              reported_by_id: int | None = None, now=None) -> NodeFailure:
-    """Mark a node failed and re-match what it had not yet delivered.
-
-    ``organisation`` scopes the call to the node's supplier (None: a platform admin). The node
-    delivered nothing from the hour it failed in. Every live allocation on it still running past
-    that hour is released from then on (on all its nodes: a job moves whole); an allocation that
-    had started is ``interrupted`` and its order is re-opened for the remaining hours, starting at
-    the next whole hour, its window stretched if needed; one that had not started is released and
-    its order re-opened as it was. Each is recorded as a ``FailureImpact`` for billing's credits.
-    """
-    now = now or timezone.now()
-    failed_hour = current_hour_index(now)
-    next_hour = failed_hour + 1
-    with transaction.atomic():
-        nodes = Node.objects.select_for_update().filter(pk=node_id)
-        if organisation is not None:
-            nodes = nodes.filter(organisation=organisation)
-        node = nodes.first()
-        if node is None:
-            raise NotFound("No such node.")
-        if node.status == Node.Status.FAILED:
-            raise InvalidTransition("The node is already marked failed.")
-        node.status = Node.Status.FAILED
-        node.save(update_fields=["status", "updated_at"])
-        failure = NodeFailure.objects.create(node=node, failed_hour=failed_hour, reason=reason[:2000],
-                                             reported_by_id=reported_by_id,
-                                             reported_by_supplier=organisation is not None)
-        affected = (Allocation.objects.filter(parts__node=node, status__in=Allocation.ACTIVE, end_hour__gt=failed_hour,
-                                              kind=Order.Kind.CARD_HOURS)
-                    .values_list("pk", "order_id").distinct().order_by("order_id", "pk"))
-        reopened = []
-        for allocation_id, order_id in affected:
-            order = Order.objects.select_for_update().get(pk=order_id)
-            allocation = Allocation.objects.select_for_update().get(pk=allocation_id)
-            started = allocation.start_hour <= failed_hour
-            lost_from = max(allocation.start_hour, failed_hour)
-            FailureImpact.objects.create(failure=failure, allocation=allocation,
-                                         hours_lost=allocation.end_hour - lost_from, cards=allocation.cards,
-                                         started=started)
-            MatchReview.objects.filter(allocation=allocation, status=MatchReview.Status.PENDING).update(
-                status=MatchReview.Status.WITHDRAWN, decided_at=now, decision_reason="the node failed")
-            _allocation_release_locked(allocation_id=allocation.pk, from_hour=lost_from)
-            if started:
-                # Undelivered: the hour it failed in and every hour after it; redone from the next hour.
-                remaining = allocation.end_hour - failed_hour
-                Allocation.objects.filter(pk=allocation.pk).update(status=Allocation.Status.INTERRUPTED,
-                                                                   delivered_end_hour=failed_hour)
-                order.original_duration_hours = order.original_duration_hours or order.duration_hours
-                order.duration_hours = remaining
-                order.earliest_start = hour_start(next_hour)
-                order.latest_end = max(order.latest_end, hour_start(next_hour + remaining))
-            order.status = Order.Status.OPEN
-            order.rematch_count += 1
-            order.status_reason = f"re-matching after node failure {failure.pk}"
-            order.save()
-            reopened.append(order.pk)
-        # Settle what was delivered, close the holds, credit the buyers, re-rate the supplier.
-        failure_settle(failure_id=failure.pk, now=now)
-    transaction.on_commit(lambda: [schedule_rounds_for_order(order_id=pk) for pk in reopened], robust=True)
-    return failure
-
-
-# --- scheduling -------------------------------------------------------------------------------
-
-def schedule_rounds_for_order(*, order_id: int) -> list[str]:
-    """Ask for a round soon in every bucket that could serve the order (debounced)."""
-    from .snapshot import buckets_for_order
-    from .tasks import schedule_round
-
-    order = Order.objects.filter(pk=order_id).first()
-    if order is None:
-        return []
-    buckets = [TOKENS_BUCKET] if order.kind == Order.Kind.TOKENS else buckets_for_order(order)
-    for bucket in buckets:
-        schedule_round(bucket)
-    return buckets

@@ -11,8 +11,10 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import OperationalError
 
+from marketplace.models import Order
+
 from . import services
-from .snapshot import buckets_with_supply
+from .snapshot import buckets_for_order, buckets_with_supply
 
 DEBOUNCE_SECONDS = 2
 
@@ -24,6 +26,17 @@ def schedule_round(bucket: str) -> bool:
         return False
     run_round.apply_async(args=[bucket], countdown=delay)
     return True
+
+
+def schedule_rounds_for_order(*, order_id: int) -> list[str]:
+    """Ask for a round soon in every bucket that could serve the order (debounced)."""
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        return []
+    buckets = [services.TOKENS_BUCKET] if order.kind == Order.Kind.TOKENS else buckets_for_order(order)
+    for bucket in buckets:
+        schedule_round(bucket)
+    return buckets
 
 
 @shared_task(bind=True, name="matching.run_round", acks_late=True, time_limit=600, soft_time_limit=540,
@@ -47,4 +60,4 @@ def run_all_rounds() -> list[str]:
 
 @shared_task(name="matching.order_arrived", time_limit=60, soft_time_limit=50, acks_late=True)
 def order_arrived(order_id: int) -> list[str]:
-    return services.schedule_rounds_for_order(order_id=order_id)
+    return schedule_rounds_for_order(order_id=order_id)

@@ -27,6 +27,7 @@ from billing.metering import UsageIn, usage_record_batch
 from billing.models import Charge
 from billing.services import wallet_top_up
 from config.errors import ApplicationError, Unavailable
+from lifecycle import services as lifecycle
 from marketplace import services as market
 from marketplace.demand import CardHoursDemand, RegionPolicySpec, TokensDemand
 from marketplace.hours import current_hour_index, hour_start
@@ -107,7 +108,7 @@ def simulate(config: SimConfig, *, progress: Callable[[int, int, str], None] | N
             _report_token_usage(run, rng, now)
             if step in failure_hours:
                 _fail_a_busy_node(run, rng, now)
-            settlement.allocations_close_due(now=now)  # settles what ends, as it ends
+            lifecycle.allocations_close_due(now=now)  # settles what ends, as it ends
             if step % SETTLE_EVERY_HOURS == SETTLE_EVERY_HOURS - 1:
                 settlement.settle_due(now=now)  # the periodic sweep of running work and token usage
             market.order_expire_due(now=now)
@@ -115,7 +116,7 @@ def simulate(config: SimConfig, *, progress: Callable[[int, int, str], None] | N
             if step == 0:
                 _analyze()  # once more, with allocations, holds and charges in place
         finish = run.end + MINUTE
-        settlement.allocations_close_due(now=finish)
+        lifecycle.allocations_close_due(now=finish)
         settlement.settle_due(now=finish)
         _issue_documents(run, finish)
     return run
@@ -262,7 +263,7 @@ def _start_due_work(run: SimRun, now: datetime) -> None:
     due = Allocation.objects.filter(supplier_id__in=run.supplier_ids, kind=Order.Kind.CARD_HOURS,
                                     status=Allocation.Status.CONFIRMED, start_hour__lte=hour, end_hour__gt=hour)
     for pk, supplier_id in due.values_list("pk", "supplier_id"):
-        settlement.allocation_start(organisation=Organisation(pk=supplier_id), allocation_id=pk, now=now)
+        lifecycle.allocation_start(organisation=Organisation(pk=supplier_id), allocation_id=pk, now=now)
 
 
 def _report_token_usage(run: SimRun, rng: random.Random, now: datetime) -> None:
@@ -285,7 +286,7 @@ def _fail_a_busy_node(run: SimRun, rng: random.Random, now: datetime) -> None:
                 .values_list("parts__node_id", flat=True).distinct())
     if busy:
         node_id = rng.choice(sorted(busy))
-        matching.node_fail(node_id=node_id, reason="hung after an error; needs a restart", now=now)
+        lifecycle.node_fail(node_id=node_id, reason="hung after an error; needs a restart", now=now)
         run.failed_nodes.append(node_id)
 
 

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "marketplace",
     "matching",
     "billing",
+    "lifecycle",
     "audit",
     "dashboard",
 ]
@@ -135,7 +136,7 @@ CELERY_BEAT_SCHEDULE = {
     "orders-expire": {"task": "marketplace.orders_expire", "schedule": 300.0},
     "matching-rounds": {"task": "matching.run_all_rounds", "schedule": 60.0},
     "holds-expire": {"task": "billing.holds_expire", "schedule": 60.0},
-    "allocations-close-due": {"task": "billing.allocations_close_due", "schedule": 60.0},
+    "allocations-close-due": {"task": "lifecycle.allocations_close_due", "schedule": 60.0},
     "settle-due": {"task": "billing.settle_due", "schedule": 300.0},
     "invoices-monthly": {"task": "billing.invoices_issue_monthly", "schedule": crontab(minute=30, hour=0, day_of_month=1)},
 }

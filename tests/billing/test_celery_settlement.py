@@ -8,7 +8,8 @@ from django.utils import timezone
 
 from billing.metering import UsageIn, usage_record_batch
 from billing.models import Charge, Hold, UsageEvent
-from billing.tasks import allocations_close_due, settle_allocation, settle_due
+from billing.tasks import settle_allocation, settle_due
+from lifecycle.tasks import allocations_close_due
 
 from tests.factories import OrganisationFactory
 from tests.workers import wait_for

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from billing import settlement
 from billing.metering import UsageIn, usage_record_batch
+from lifecycle import services as lifecycle
 
 from tests.marketplace.helpers import assert_error
 from tests.matching.helpers import post_order
@@ -22,11 +23,11 @@ def test_supplier_sees_racked_lit_and_earnings_and_buyer_sees_spend_and_waiting(
     # given 2 cards x 2 hours sold at 12 (a 2-card node listed for those 2 hours: 4 racked card-hours),
     # run for 50 minutes, then stopped
     allocation = card_hour_allocation(supplier, buyer_client, cards=2, hours=2, bid="12", ask="12")
-    settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
+    lifecycle.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
     for minute in range(5, 51, 5):
-        settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
-                                        now=minutes_into(allocation, minute))
-    settlement.allocation_stop(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 50))
+        lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                       now=minutes_into(allocation, minute))
+    lifecycle.allocation_stop(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 50))
     # and a token order served by another supplier, 1M cache-miss input tokens = 2 CNY
     tokens = token_allocation(client_for(is_supplier=True, is_buyer=False).organisation, buyer_client)
     usage_record_batch(organisation_id=tokens.supplier_id,

@@ -354,7 +354,7 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 if hold["allocation"] is not None:  # settled first, then the rest released
                     expected[hold["allocation"]] = self.settle_model(hold["allocation"])
                 self.release(hold)
-            assert services.holds_expire(now=now) == len(due)
+            assert settlement.holds_expire(now=now) == len(due)
             self.absorb_settlement_charges(expected)
 
         # --- usage events --------------------------------------------------------------------
@@ -760,7 +760,7 @@ def test_zero_token_event_does_not_block_settlement(client_for):
                                   events=[UsageIn("idle", allocation.pk, timezone.now(), 0, 0, 0)])
     assert result["status"] == "created"
     settlement.settle_pending_usage()
-    services.holds_expire(now=timezone.now() + timedelta(days=3))
+    settlement.holds_expire(now=timezone.now() + timedelta(days=3))
     assert Hold.objects.get(allocation=allocation).status == Hold.Status.VOIDED
 
 

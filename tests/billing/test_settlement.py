@@ -15,6 +15,7 @@ from billing.metering import UsageIn, usage_record_batch
 from billing.models import Charge, Hold, Invoice, InvoiceLine
 from marketplace.models import Allocation, ListingHour, Order, Organisation
 from matching import services as matching
+from lifecycle import services as lifecycle
 
 from tests.factories import NodeFactory, admin_user, make_listing
 from tests.marketplace.helpers import assert_error
@@ -68,26 +69,26 @@ def test_meter_bills_per_minute_within_the_allocation_only(supplier_client, buye
     allocation = card_hour_allocation(supplier, buyer_client, cards=2, hours=2, bid="12", ask="12")
     # Starting well before the allocation's hours is refused; at its start it runs.
     with pytest.raises(InvalidTransition):
-        settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk,
-                                    now=minutes_into(allocation, -30))
-    settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0.5))
+        lifecycle.allocation_start(organisation=supplier, allocation_id=allocation.pk,
+                                   now=minutes_into(allocation, -30))
+    lifecycle.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0.5))
     assert Allocation.objects.get(pk=allocation.pk).status == "running"
     assert Order.objects.get(pk=allocation.order_id).status == "running"
     # Heartbeats every 4 minutes for 40 minutes, then silence for 30 minutes: only the grace
     # (5 minutes) of the silence counts.
     for minute in range(4, 41, 4):
-        settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
-                                        now=minutes_into(allocation, 0.5 + minute))
-    settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
-                                    now=minutes_into(allocation, 70.5))
+        lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                       now=minutes_into(allocation, 0.5 + minute))
+    lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                   now=minutes_into(allocation, 70.5))
     outcome = settlement.allocation_settle(allocation_id=allocation.pk, now=minutes_into(allocation, 70.5))
     # 40 + 5 = 45 minutes x 2 cards x 12 / 60 = 18
     assert outcome.charged == Decimal("18")
     # Heartbeats far past the end are clipped to the allocation's 120 minutes (from 0.5: 119.5).
     for minute in range(74, 200, 4):
-        settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
-                                        now=minutes_into(allocation, minute))
-    settlement.allocation_stop(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 200))
+        lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                       now=minutes_into(allocation, minute))
+    lifecycle.allocation_stop(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 200))
     # 45 + (120 - 70.5) = 94.5 minutes, billed in whole minutes: 94 x 2 x 12 / 60 = 37.6
     assert sum(c.amount for c in Charge.objects.filter(allocation=allocation)) == Decimal("37.6")
     assert Hold.objects.get(allocation=allocation).status == "posted"
@@ -112,14 +113,14 @@ def test_a_node_failure_is_not_charged_and_earns_a_credit(supplier_client, buyer
     settings.SANDUISAN = {**settings.SANDUISAN, "SERVICE_CREDIT_RATE": "0.25"}
     supplier = supplier_client.organisation
     allocation = card_hour_allocation(supplier, buyer_client, cards=8, hours=3, bid="12.5", ask="10")
-    settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
+    lifecycle.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
     for minute in range(1, 100):
-        settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
-                                        now=minutes_into(allocation, minute))
+        lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                       now=minutes_into(allocation, minute))
     node_id = allocation.parts.get().node_id
     # when the node fails 100 minutes in (in the second hour) ...
-    matching.node_fail(node_id=node_id, organisation=supplier, reason="hung after an error",
-                       now=minutes_into(allocation, 100))
+    lifecycle.node_fail(node_id=node_id, organisation=supplier, reason="hung after an error",
+                        now=minutes_into(allocation, 100))
     # then only the first, fully delivered hour is charged: 8 x 11.25 = 90 ...
     charges = Charge.objects.filter(allocation=allocation)
     assert sum(c.amount for c in charges.filter(kind="card_hours")) == Decimal("90")
@@ -227,12 +228,12 @@ def test_allocations_close_when_their_hours_run_out_and_months_are_invoiced(supp
     supplier, buyer = supplier_client.organisation, buyer_client.organisation
     ran = card_hour_allocation(supplier, buyer_client, cards=2, hours=1, bid="12", ask="12")
     idle = card_hour_allocation(supplier, buyer_client, cards=2, hours=1, bid="12", ask="12")
-    settlement.allocation_start(organisation=supplier, allocation_id=ran.pk, now=minutes_into(ran, 0))
+    lifecycle.allocation_start(organisation=supplier, allocation_id=ran.pk, now=minutes_into(ran, 0))
     for minute in range(5, 61, 5):
-        settlement.allocation_heartbeat(organisation=supplier, allocation_id=ran.pk, now=minutes_into(ran, minute))
+        lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=ran.pk, now=minutes_into(ran, minute))
     # when the sweep runs after the hour, with no stop from the supplier
     after = minutes_into(ran, 70)
-    assert settlement.allocations_close_due(now=after) == 2 and settlement.allocations_close_due(now=after) == 0
+    assert lifecycle.allocations_close_due(now=after) == 2 and lifecycle.allocations_close_due(now=after) == 0
     # then the one that ran is charged its 60 minutes (2 x 12 = 24) and the one never started nothing
     assert Allocation.objects.get(pk=ran.pk).status == "completed"
     assert sum(c.amount for c in Charge.objects.filter(allocation=ran)) == Decimal("24")
@@ -259,7 +260,7 @@ def test_an_expired_allocation_hold_is_settled_not_just_voided(supplier_client, 
     usage_record_batch(organisation_id=supplier_client.organisation.pk,
                        events=[UsageIn("e", tokens.pk, timezone.now(), 0, 1_000_000, 0)])
     Hold.objects.filter(allocation=tokens).update(expires_at=timezone.now() - timedelta(minutes=1))
-    from billing.services import holds_expire
+    from billing.settlement import holds_expire
 
     assert holds_expire() == 1
     hold = Hold.objects.get(allocation=tokens)
@@ -278,7 +279,7 @@ def test_a_rejected_review_returns_the_hold(buyer_client, settings):
     review = MatchReview.objects.get()
     assert Hold.objects.get(allocation=review.allocation).status == "pending"  # funds are held during review
     admin = get_user_model().objects.create_user(username="ops", password="x", is_staff=True)
-    matching.review_reject(review_id=review.pk, admin_user_id=admin.pk, reason="unknown supplier")
+    lifecycle.review_reject(review_id=review.pk, admin_user_id=admin.pk, reason="unknown supplier")
     assert Hold.objects.get(allocation=review.allocation).status == "voided"
     assert balance(buyer_client.organisation.pk, "buyer_held") == 0
     assert_books_balance()
@@ -287,16 +288,16 @@ def test_a_rejected_review_returns_the_hold(buyer_client, settings):
 def test_a_failure_after_a_settlement_sweep_gives_back_the_failed_hour(supplier_client, buyer_client):
     supplier, buyer = supplier_client.organisation, buyer_client.organisation
     allocation = card_hour_allocation(supplier, buyer_client, cards=8, hours=3, bid="12.5", ask="10")
-    settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
+    lifecycle.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
     for minute in range(1, 96):
-        settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
-                                        now=minutes_into(allocation, minute))
+        lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                       now=minutes_into(allocation, minute))
     # a sweep at minute 95 charges 95 minutes: 8 x 11.25 x 95 / 60 = 142.50 ...
     assert settlement.settle_due(now=minutes_into(allocation, 95)) >= 1
     assert balance(supplier.pk, "supplier_payable") == Decimal("142.5") * Decimal("0.92")
     # ... then the node fails at minute 100, in the second hour: only the first hour stands
-    matching.node_fail(node_id=allocation.parts.get().node_id, organisation=supplier,
-                       now=minutes_into(allocation, 100))
+    lifecycle.node_fail(node_id=allocation.parts.get().node_id, organisation=supplier,
+                        now=minutes_into(allocation, 100))
     charges = Charge.objects.filter(allocation=allocation, kind="card_hours")
     assert sum(c.amount for c in charges) == Decimal("90")
     assert sum(c.commission for c in charges) == Decimal("7.2")
@@ -308,9 +309,9 @@ def test_a_failure_after_a_settlement_sweep_gives_back_the_failed_hour(supplier_
 
 def test_a_reopened_order_can_be_cancelled_after_a_failure(supplier_client, buyer_client):
     allocation = card_hour_allocation(supplier_client.organisation, buyer_client)
-    settlement.allocation_start(organisation=supplier_client.organisation, allocation_id=allocation.pk,
-                                now=minutes_into(allocation, 0))
-    matching.node_fail(node_id=allocation.parts.get().node_id, now=minutes_into(allocation, 30))
+    lifecycle.allocation_start(organisation=supplier_client.organisation, allocation_id=allocation.pk,
+                               now=minutes_into(allocation, 0))
+    lifecycle.node_fail(node_id=allocation.parts.get().node_id, now=minutes_into(allocation, 30))
     response = buyer_client.post(f"/api/v1/orders/{allocation.order_id}/cancel", {}, format="json")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert Allocation.objects.get(pk=allocation.pk).status == "interrupted"  # untouched by the cancel

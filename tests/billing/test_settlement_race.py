@@ -15,6 +15,7 @@ from billing.settlement import commission_rate
 from marketplace import services as market
 from marketplace.models import Order
 from matching import services as matching
+from lifecycle import services as lifecycle
 
 from tests.concurrency import race
 from tests.factories import NodeFactory, OrganisationFactory, make_listing
@@ -61,15 +62,15 @@ def test_racing_heartbeats_settlements_and_stop_bill_each_minute_once():
 
     _, key = market.api_key_create(organisation=buyer, name="t")
     allocation = card_hour_allocation(supplier, KeyedClient(buyer, key), cards=4, hours=2, bid="12", ask="12")
-    settlement.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
+    lifecycle.allocation_start(organisation=supplier, allocation_id=allocation.pk, now=minutes_into(allocation, 0))
     for minute in range(1, 60):
-        settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
-                                        now=minutes_into(allocation, minute))
+        lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk,
+                                       now=minutes_into(allocation, minute))
     at = minutes_into(allocation, 60)
     jobs = [lambda: settlement.allocation_settle(allocation_id=allocation.pk, now=at) for _ in range(5)]
-    jobs += [lambda: settlement.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk, now=at)
+    jobs += [lambda: lifecycle.allocation_heartbeat(organisation=supplier, allocation_id=allocation.pk, now=at)
              for _ in range(3)]
-    jobs += [lambda: settlement.allocation_stop(organisation=supplier, allocation_id=allocation.pk, now=at)
+    jobs += [lambda: lifecycle.allocation_stop(organisation=supplier, allocation_id=allocation.pk, now=at)
              for _ in range(2)]
     outcomes = race(jobs)
     # a heartbeat that lost the race to the stop is refused (not running); nothing else fails
@@ -102,7 +103,7 @@ def test_rounds_cancellations_and_settlements_of_one_buyer_race_without_deadlock
     matched = list(Order.objects.filter(pk__in=[o.pk for o in orders], status="matched").values_list("pk", flat=True))
     more = [post_order(client) for _ in range(4)]
     jobs = [lambda: matching.round_run(bucket="nvidia:*"), lambda: matching.round_run(bucket="*:*")]
-    jobs += [lambda pk=pk: market.order_cancel(organisation=buyer, order_id=pk) for pk in matched[:4]]
+    jobs += [lambda pk=pk: lifecycle.order_cancel(organisation=buyer, order_id=pk) for pk in matched[:4]]
     jobs += [lambda: settlement.allocation_settle(allocation_id=tokens.pk) for _ in range(3)]
     outcomes = race(jobs)
     assert not [o for o in outcomes if isinstance(o, OperationalError)], outcomes  # no deadlock victim

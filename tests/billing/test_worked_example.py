@@ -12,6 +12,7 @@ from billing import invoicing, settlement
 from billing.models import Charge, Hold, Invoice
 from billing.metering import UsageIn, usage_record_batch
 from marketplace.models import Order
+from lifecycle import services as lifecycle
 
 from tests.factories import OrganisationFactory
 
@@ -42,12 +43,12 @@ def test_card_hours_and_tokens_from_match_to_payout(client_for, settings):
     assert balance(buyer.pk, "buyer_held") == Decimal("332.25")
 
     # When the supplier runs the job for the whole 3 hours, with a heartbeat every 5 minutes ...
-    settlement.allocation_start(organisation=gpu_owner, allocation_id=gpus.pk, now=minutes_into(gpus, 0))
+    lifecycle.allocation_start(organisation=gpu_owner, allocation_id=gpus.pk, now=minutes_into(gpus, 0))
     for minute in range(5, 180, 5):
-        settlement.allocation_heartbeat(organisation=gpu_owner, allocation_id=gpus.pk, now=minutes_into(gpus, minute))
+        lifecycle.allocation_heartbeat(organisation=gpu_owner, allocation_id=gpus.pk, now=minutes_into(gpus, minute))
         if minute == 60:  # a settlement sweep mid-way charges the first hour: 8 x 11.25 = 90
             assert settlement.allocation_settle(allocation_id=gpus.pk, now=minutes_into(gpus, 60)).charged == 90
-    settlement.allocation_stop(organisation=gpu_owner, allocation_id=gpus.pk, now=minutes_into(gpus, 180))
+    lifecycle.allocation_stop(organisation=gpu_owner, allocation_id=gpus.pk, now=minutes_into(gpus, 180))
     # ... and the endpoint reports 3M input on cache hit, 7M on cache miss and 2.5M output, plus a
     # small late event of 1,234 output tokens: 1.5 + 14 + 20 + 0.009872 = 35.509872.
     now = timezone.now()

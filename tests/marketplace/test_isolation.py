@@ -3,6 +3,7 @@ import pytest
 
 from marketplace import services
 from marketplace.models import Listing, Node, Order
+from lifecycle import services as lifecycle
 
 from tests.factories import NodeFactory, make_listing
 
@@ -22,9 +23,9 @@ def world(client_for):
     assert response.status_code == 201
     order = Order.objects.get(pk=response.json()["id"])
     second = Order.objects.get(pk=a.post("/api/v1/orders", card_hours_body(), format="json").json()["id"])
-    allocation = services.slots_reserve(order_id=second.pk, claims=[services.SlotClaim(listing.pk, 4)],
-                                        start_hour=listing.hours.first().hour, end_hour=listing.hours.first().hour + 3,
-                                        price_per_card_hour=listing.ask_per_card_hour)
+    allocation = lifecycle.slots_reserve(order_id=second.pk, claims=[services.SlotClaim(listing.pk, 4)],
+                                         start_hour=listing.hours.first().hour, end_hour=listing.hours.first().hour + 3,
+                                         price_per_card_hour=listing.ask_per_card_hour)
     key = a.organisation.api_keys.first()
     return {"a": a, "b": b, "node": node, "listing": listing, "order": order, "allocation": allocation, "key": key}
 
@@ -82,9 +83,9 @@ def test_workload_is_visible_to_the_matched_supplier_only(world, client_for):
     node = NodeFactory(organisation=c.organisation)
     listing = make_listing(node)
     order = world["order"]
-    allocation = services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)],
-                                        start_hour=listing.hours.first().hour, end_hour=listing.hours.first().hour + 3,
-                                        price_per_card_hour=listing.ask_per_card_hour)
+    allocation = lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)],
+                                         start_hour=listing.hours.first().hour, end_hour=listing.hours.first().hour + 3,
+                                         price_per_card_hour=listing.ask_per_card_hour)
     # then C sees the workload on its allocation, B sees nothing at all
     seen = c.get(f"/api/v1/allocations/{allocation.pk}").json()
     assert seen["workload"]["ssh_public_key"].startswith("ssh-ed25519")

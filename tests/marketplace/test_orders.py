@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from config.errors import CapacityUnavailable, InvalidTransition, ValidationFailed
 from marketplace import services
 from marketplace.models import Allocation, ListingHour, Order
+from lifecycle import services as lifecycle
 
 from tests.factories import NodeFactory, make_listing
 
@@ -53,8 +54,8 @@ def test_reserve_then_cancel_releases_every_slot(buyer_client):
     listing = make_listing(NodeFactory(), ask="10")
     order = _order(buyer_client)
     first = listing.hours.first().hour
-    allocation = services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)],
-                                        start_hour=first + 1, end_hour=first + 4, price_per_card_hour=Decimal("11"))
+    allocation = lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)],
+                                         start_hour=first + 1, end_hour=first + 4, price_per_card_hour=Decimal("11"))
     order.refresh_from_db()
     assert order.status == "matched" and allocation.cards == 4
     assert _sold(listing, first, first + 5) == [0, 4, 4, 4, 0]
@@ -80,25 +81,25 @@ def test_reservation_checks_every_hard_constraint(buyer_client):
     claim = [services.SlotClaim(listing.pk, 4)]
     order = _order(buyer_client, region={"policy": "regions", "regions": ["CN-SH"]})
     with pytest.raises(ValidationFailed, match="allowed regions"):
-        services.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 3,
-                               price_per_card_hour=Decimal("10"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 3,
+                                price_per_card_hour=Decimal("10"))
     order = _order(buyer_client)
     with pytest.raises(ValidationFailed, match="below the supplier's ask"):
-        services.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 3,
-                               price_per_card_hour=Decimal("9.99"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 3,
+                                price_per_card_hour=Decimal("9.99"))
     with pytest.raises(ValidationFailed, match="above the buyer's limit"):
-        services.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 3,
-                               price_per_card_hour=Decimal("12.51"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 3,
+                                price_per_card_hour=Decimal("12.51"))
     with pytest.raises(ValidationFailed, match="exactly 4 cards"):
-        services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 3)], start_hour=first,
-                               end_hour=first + 3, price_per_card_hour=Decimal("10"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 3)], start_hour=first,
+                                end_hour=first + 3, price_per_card_hour=Decimal("10"))
     with pytest.raises(ValidationFailed, match="3 contiguous hours"):
-        services.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 4,
-                               price_per_card_hour=Decimal("10"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=claim, start_hour=first, end_hour=first + 4,
+                                price_per_card_hour=Decimal("10"))
     ib_only = _order(buyer_client, interconnects=["roce"])
     with pytest.raises(ValidationFailed, match="interconnect"):
-        services.slots_reserve(order_id=ib_only.pk, claims=claim, start_hour=first, end_hour=first + 3,
-                               price_per_card_hour=Decimal("10"))
+        lifecycle.slots_reserve(order_id=ib_only.pk, claims=claim, start_hour=first, end_hour=first + 3,
+                                price_per_card_hour=Decimal("10"))
     assert not Allocation.objects.exists()
     assert sum(ListingHour.objects.values_list("cards_sold", flat=True)) == 0
 
@@ -111,17 +112,17 @@ def test_multi_node_needs_one_fabric_and_sells_all_or_nothing(buyer_client):
     first = a.hours.first().hour
     order = _order(buyer_client, cards=12, placement="same_fabric")
     with pytest.raises(ValidationFailed, match="one fabric"):
-        services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(a.pk, 8), services.SlotClaim(c.pk, 4)],
-                               start_hour=first, end_hour=first + 3, price_per_card_hour=Decimal("10"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(a.pk, 8), services.SlotClaim(c.pk, 4)],
+                                start_hour=first, end_hour=first + 3, price_per_card_hour=Decimal("10"))
     # b is short of cards in one hour: nothing at all is sold
     ListingHour.objects.filter(listing=b, hour=first + 2).update(cards_sold=6)
     with pytest.raises(CapacityUnavailable):
-        services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(a.pk, 8), services.SlotClaim(b.pk, 4)],
-                               start_hour=first, end_hour=first + 3, price_per_card_hour=Decimal("10"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(a.pk, 8), services.SlotClaim(b.pk, 4)],
+                                start_hour=first, end_hour=first + 3, price_per_card_hour=Decimal("10"))
     assert _sold(a, first, first + 3) == [0, 0, 0]
-    allocation = services.slots_reserve(order_id=order.pk,
-                                        claims=[services.SlotClaim(a.pk, 8), services.SlotClaim(b.pk, 4)],
-                                        start_hour=first + 3, end_hour=first + 6, price_per_card_hour=Decimal("10"))
+    allocation = lifecycle.slots_reserve(order_id=order.pk,
+                                         claims=[services.SlotClaim(a.pk, 8), services.SlotClaim(b.pk, 4)],
+                                         start_hour=first + 3, end_hour=first + 6, price_per_card_hour=Decimal("10"))
     assert allocation.cards == 12 and allocation.parts.count() == 2
 
 
@@ -129,11 +130,11 @@ def test_an_order_is_matched_once(buyer_client):
     listing = make_listing(NodeFactory())
     first = listing.hours.first().hour
     order = _order(buyer_client)
-    services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)], start_hour=first,
-                           end_hour=first + 3, price_per_card_hour=Decimal("10"))
+    lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)], start_hour=first,
+                            end_hour=first + 3, price_per_card_hour=Decimal("10"))
     with pytest.raises(InvalidTransition):
-        services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)], start_hour=first,
-                               end_hour=first + 3, price_per_card_hour=Decimal("10"))
+        lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)], start_hour=first,
+                                end_hour=first + 3, price_per_card_hour=Decimal("10"))
     assert _sold(listing, first, first + 3) == [4, 4, 4]
 
 
@@ -151,8 +152,8 @@ def test_withdraw_keeps_sold_slots_and_frees_the_rest(supplier_client, buyer_cli
     listing = make_listing(node)
     first = listing.hours.first().hour
     order = _order(buyer_client)
-    services.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)], start_hour=first,
-                           end_hour=first + 3, price_per_card_hour=Decimal("10"))
+    lifecycle.slots_reserve(order_id=order.pk, claims=[services.SlotClaim(listing.pk, 4)], start_hour=first,
+                            end_hour=first + 3, price_per_card_hour=Decimal("10"))
     response = supplier_client.post(f"/api/v1/listings/{listing.pk}/withdraw", {}, format="json")
     assert response.status_code == 200 and response.json()["status"] == "withdrawn"
     rows = list(ListingHour.objects.filter(listing=listing).order_by("hour").values_list("hour", "cards_offered",

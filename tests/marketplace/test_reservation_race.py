@@ -6,6 +6,7 @@ import pytest
 from config.errors import CapacityUnavailable
 from marketplace import services
 from marketplace.models import Allocation, ListingHour, Order
+from lifecycle import services as lifecycle
 
 from tests.concurrency import race
 from tests.factories import NodeFactory, OrganisationFactory, make_listing
@@ -32,7 +33,7 @@ def test_twelve_buyers_race_for_eight_cards_and_exactly_eight_win():
 
     # when all 12 reserve at once on separate connections
     results = race([
-        (lambda oid=oid: services.slots_reserve(order_id=oid, claims=[services.SlotClaim(listing.pk, 1)],
+        (lambda oid=oid: lifecycle.slots_reserve(order_id=oid, claims=[services.SlotClaim(listing.pk, 1)],
                                                 start_hour=start, end_hour=start + 3,
                                                 price_per_card_hour=Decimal("10")))
         for oid in orders])
@@ -66,7 +67,7 @@ def test_overlapping_windows_and_mixed_sizes_never_oversell_any_hour():
         claims = [services.SlotClaim(a.pk, cards), services.SlotClaim(b.pk, cards)]
         if i % 2:
             claims.reverse()
-        jobs.append(lambda oid=oid, claims=claims, offset=offset: services.slots_reserve(
+        jobs.append(lambda oid=oid, claims=claims, offset=offset: lifecycle.slots_reserve(
             order_id=oid, claims=claims, start_hour=first + offset, end_hour=first + offset + 3,
             price_per_card_hour=Decimal("10")))
 
@@ -91,13 +92,13 @@ def test_cancel_racing_reservations_keeps_the_calendar_exact():
     start = listing.hours.first().hour
     buyer = OrganisationFactory()
     [held] = _orders(buyer, 1, cards=4)
-    services.slots_reserve(order_id=held, claims=[services.SlotClaim(listing.pk, 4)], start_hour=start,
-                           end_hour=start + 3, price_per_card_hour=Decimal("10"))
+    lifecycle.slots_reserve(order_id=held, claims=[services.SlotClaim(listing.pk, 4)], start_hour=start,
+                            end_hour=start + 3, price_per_card_hour=Decimal("10"))
     others = _orders(buyer, 8, cards=4)
 
     # when the holder cancels while the others race
-    jobs = [lambda: services.order_cancel(organisation=buyer, order_id=held)]
-    jobs += [(lambda oid=oid: services.slots_reserve(order_id=oid, claims=[services.SlotClaim(listing.pk, 4)],
+    jobs = [lambda: lifecycle.order_cancel(organisation=buyer, order_id=held)]
+    jobs += [(lambda oid=oid: lifecycle.slots_reserve(order_id=oid, claims=[services.SlotClaim(listing.pk, 4)],
                                                      start_hour=start, end_hour=start + 3,
                                                      price_per_card_hour=Decimal("10"))) for oid in others]
     results = race(jobs)

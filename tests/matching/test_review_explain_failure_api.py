@@ -7,6 +7,7 @@ from rest_framework.test import APIClient
 from marketplace.models import Allocation, ChipType, ListingHour, Node, Order, Region
 from matching import services
 from matching.models import FailureImpact, MatchReview, NodeFailure, RejectedPairing, ReviewPolicy
+from lifecycle import services as lifecycle
 
 from tests.factories import NodeFactory, admin_user, make_listing
 from tests.marketplace.helpers import assert_error
@@ -160,10 +161,10 @@ def test_supplier_marks_a_node_failed_and_unfinished_work_is_rematched(supplier_
     make_listing(NodeFactory(), ask="9.5")  # another supplier's healthy node
     running = post_order(buyer_client, start_in=-3, window_hours=30)
     future = post_order(buyer_client, start_in=-3, window_hours=30)
-    started = market.slots_reserve(order_id=running.pk, claims=[market.SlotClaim(listing.pk, 4)],
-                                   start_hour=now_hour - 2, end_hour=now_hour + 1, price_per_card_hour=Decimal("10"))
-    waiting = market.slots_reserve(order_id=future.pk, claims=[market.SlotClaim(listing.pk, 4)],
-                                   start_hour=now_hour + 2, end_hour=now_hour + 5, price_per_card_hour=Decimal("10"))
+    started = lifecycle.slots_reserve(order_id=running.pk, claims=[market.SlotClaim(listing.pk, 4)],
+                                      start_hour=now_hour - 2, end_hour=now_hour + 1, price_per_card_hour=Decimal("10"))
+    waiting = lifecycle.slots_reserve(order_id=future.pk, claims=[market.SlotClaim(listing.pk, 4)],
+                                      start_hour=now_hour + 2, end_hour=now_hour + 5, price_per_card_hour=Decimal("10"))
 
     # when the supplier reports the failure
     response = supplier_client.post(f"/api/v1/nodes/{node.pk}/fail", {"reason": "ECC errors, hung"}, format="json")

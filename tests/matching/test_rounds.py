@@ -9,6 +9,7 @@ from matching import services
 from matching.engine.engine import run_engine
 from matching.models import MatchRound
 from matching.snapshot import buckets_with_supply, load_snapshot
+from lifecycle import services as lifecycle
 
 from tests.concurrency import race
 from tests.factories import NodeFactory, OrganisationFactory, make_listing
@@ -61,8 +62,8 @@ def test_persist_rechecks_a_stale_snapshot(buyer_client):
     # ... while a direct sale takes the same cards before the round commits
     rival = post_order(buyer_client)
     start = int(result.start_hour[0])
-    market.slots_reserve(order_id=rival.pk, claims=[market.SlotClaim(listing.pk, 4)], start_hour=start,
-                         end_hour=start + 3, price_per_card_hour=Decimal("10"))
+    lifecycle.slots_reserve(order_id=rival.pk, claims=[market.SlotClaim(listing.pk, 4)], start_hour=start,
+                            end_hour=start + 3, price_per_card_hour=Decimal("10"))
     # when the round persists, then its match is dropped, not oversold, and the order stays open
     outcome = services.round_persist(round_id="stale", bucket="*:*", result=result, price_rule="uniform_clipped")
     assert outcome.matches == 0 and outcome.skipped_stale == 1

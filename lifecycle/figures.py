@@ -2,7 +2,7 @@
 card-hours, utilisation, earnings and reliability; a buyer's spend, open orders and why they wait.
 
 *Racked* card-hours are those listed for sale; *lit* are those delivered and billed (the market's
-上架率 and 点亮率).
+上架率 and 点亮率). Here, above billing and matching, because it reads both (failures, explain).
 """
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from decimal import Decimal
 
 from django.db.models import Count, Sum
 
+from billing.models import Account, Charge
+from billing.selectors import wallet_balances
 from marketplace.hours import hour_index
 from marketplace.models import ListingHour, Node, Order, Organisation
 from matching.models import NodeFailure
 from matching.selectors import order_explain
-
-from .models import Account, Charge
-from .selectors import wallet_balances
 
 ZERO = Decimal(0)
 EXPLAINED_ORDERS = 50  # open orders explained one by one; more are counted, not explained

@@ -1,4 +1,4 @@
-"""Decisions platform admins take in matching, behind their permissions and written to the audit
+"""Decisions platform admins take on allocations, behind their permissions and written to the audit
 log: approving or rejecting a flagged match (``matching.decide_review``) and failing a node on its
 supplier's behalf (``matching.fail_node``). The API, the admin site and the dashboard all call
 these, so ``is_staff`` alone decides nothing anywhere."""
@@ -8,15 +8,15 @@ from django.db import transaction
 
 from audit.services import AdminActor, audit_record, permission_require
 from config.errors import ValidationFailed
+from matching.models import MatchReview, NodeFailure
 
 from . import services
-from .models import MatchReview, NodeFailure
 
 DECISIONS = {"approve": services.review_approve, "reject": services.review_reject}
 
 
 def review_decide(*, actor: AdminActor, review_id: int, decision: str, reason: str = "") -> MatchReview:
-    """Approve or reject a flagged match (``matching.services.review_approve`` / ``review_reject``)."""
+    """Approve or reject a flagged match (``lifecycle.services.review_approve`` / ``review_reject``)."""
     if decision not in DECISIONS:
         raise ValidationFailed.on("decision", "One of approve, reject.")
     permission_require(user_id=actor.user_id, permission="matching.decide_review")
@@ -28,7 +28,7 @@ def review_decide(*, actor: AdminActor, review_id: int, decision: str, reason: s
 
 
 def node_fail_by_admin(*, actor: AdminActor, node_id: int, reason: str = "") -> NodeFailure:
-    """Mark a supplier's node failed on its behalf (``matching.services.node_fail``)."""
+    """Mark a supplier's node failed on its behalf (``lifecycle.services.node_fail``)."""
     permission_require(user_id=actor.user_id, permission="matching.fail_node")
     with transaction.atomic():
         failure = services.node_fail(node_id=node_id, organisation=None, reason=reason, reported_by_id=actor.user_id)
