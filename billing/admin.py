@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from .models import (Account, AllocationMeter, Charge, Entry, Hold, Invoice, InvoiceLine, MoneyApproval, Transfer,
-                     UsageEvent)
+from .models import (Account, AllocationMeter, Charge, Dispute, Entry, Hold, Invoice, InvoiceLine, MoneyApproval,
+                     Transfer, UsageEvent)
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -97,3 +97,10 @@ class MoneyApprovalAdmin(ReadOnly):
     list_display = ["id", "kind", "organisation", "amount", "reference", "status", "requested_by", "decided_by",
                     "created_at"]
     list_filter = ["kind", "status"]
+
+
+@admin.register(Dispute)
+class DisputeAdmin(ReadOnly):
+    """Resolved through the API by an admin with billing.resolve_dispute; shown here."""
+    list_display = ["id", "charge", "buyer", "supplier", "amount", "withheld", "status", "refunded", "created_at"]
+    list_filter = ["status"]

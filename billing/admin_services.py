@@ -21,7 +21,7 @@ from audit.services import AdminActor, audit_record, permission_require
 from config.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 
 from . import invoicing, services
-from .models import Charge, MoneyApproval, Transfer
+from .models import Charge, Dispute, MoneyApproval, Transfer
 from .rating import exact
 
 PERMISSION = {MoneyApproval.Kind.TOP_UP: "billing.top_up_wallet", MoneyApproval.Kind.REFUND: "billing.refund_charge"}
@@ -172,6 +172,11 @@ def money_approval_approve(*, actor: AdminActor, approval_id: int, reason: str =
                                                                         timezone.now())
         approval.decision_reason = reason
         approval.save()
+        # A dispute whose refund waited for this approval is settled by it.
+        Dispute.objects.filter(approval=approval, status=Dispute.Status.AWAITING_APPROVAL).update(
+            status=Dispute.Status.REFUNDED, refunded=approval.amount, resolved_by_id=actor.user_id,
+            resolved_at=approval.decided_at,
+            refund=Charge.objects.filter(transfer_id=approval.transfer_id, kind=Charge.Kind.REFUND).first())
         audit_record(actor=actor, action=f"{approval.kind}.approve", target_type="money_approval",
                      target_id=approval.pk, reason=reason,
                      details={"organisation": approval.organisation_id, "amount": approval.amount,
@@ -190,6 +195,9 @@ def money_approval_reject(*, actor: AdminActor, approval_id: int, reason: str) -
                                                                         timezone.now())
         approval.decision_reason = reason
         approval.save()
+        # A dispute whose refund was refused is open again, for another decision.
+        Dispute.objects.filter(approval=approval, status=Dispute.Status.AWAITING_APPROVAL).update(
+            status=Dispute.Status.OPEN, approval=None)
         audit_record(actor=actor, action=f"{approval.kind}.reject", target_type="money_approval",
                      target_id=approval.pk, reason=reason, details={"amount": approval.amount})
         return approval

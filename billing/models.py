@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from marketplace.models import Organisation
 
@@ -286,3 +286,46 @@ class TokenUsageTotal(models.Model):
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(amount__gte=0) & Q(tokens__gte=0),
                                               name="tokenusagetotal_nonnegative")]
+
+
+class Dispute(models.Model):
+    """A buyer contests (part of) a charge within the dispute window. While it is open (or its
+    refund waits for a second admin) the supplier's share of the amount is withheld from its
+    payouts; an admin with ``billing.resolve_dispute`` refunds it (in full or part) or rejects it.
+    ``(buyer, reference)`` is unique: a buyer's reference names one dispute."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        AWAITING_APPROVAL = "awaiting_approval"  # a refund above the threshold waits for a second admin
+        REFUNDED = "refunded"
+        REJECTED = "rejected"
+
+    WITHHOLDING = (Status.OPEN, Status.AWAITING_APPROVAL)
+
+    charge = models.ForeignKey(Charge, on_delete=models.PROTECT, related_name="disputes")
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="disputes_raised")
+    supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="disputes_against")
+    reference = models.CharField(max_length=150)
+    amount = models.DecimalField(**AMOUNT)  # disputed, to the buyer
+    withheld = models.DecimalField(**AMOUNT)  # the supplier's share of it, kept from payouts while open
+    reason = models.CharField(max_length=2000)
+    status = models.CharField(max_length=18, choices=Status.choices, default=Status.OPEN)
+    refunded = models.DecimalField(default=Decimal(0), **AMOUNT)
+    refund = models.ForeignKey(Charge, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    approval = models.ForeignKey(MoneyApproval, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution_reason = models.CharField(max_length=2000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["buyer", "reference"], name="dispute_unique_ref_per_buyer"),
+            # One dispute at a time per charge.
+            models.UniqueConstraint(fields=["charge"], condition=Q(status__in=["open", "awaiting_approval"]),
+                                    name="dispute_one_open_per_charge"),
+            models.CheckConstraint(condition=Q(amount__gt=0) & Q(withheld__gte=0) & Q(withheld__lte=F("amount"))
+                                   & Q(refunded__gte=0) & Q(refunded__lte=F("amount")), name="dispute_amounts_valid"),
+        ]

@@ -211,6 +211,8 @@ SANDUISAN = {
     # tokens a minute per card.
     "USAGE_REPORT_GRACE_MINUTES": int(os.environ.get("SANDUISAN_USAGE_REPORT_GRACE_MINUTES", "60")),
     "DEFAULT_TOKENS_PER_MINUTE_PER_CARD": 1_000_000,
+    # A buyer may dispute a charge for this many days after it is booked.
+    "DISPUTE_WINDOW_DAYS": int(os.environ.get("SANDUISAN_DISPUTE_WINDOW_DAYS", "30")),
     "SECOND_APPROVAL_ABOVE": os.environ.get("SANDUISAN_SECOND_APPROVAL_ABOVE", "10000"),
     # Crash tests only: hold a round's transaction open this long before it commits.
     "PERSIST_PAUSE_SECONDS": float(os.environ.get("SANDUISAN_PERSIST_PAUSE_SECONDS", "0")),

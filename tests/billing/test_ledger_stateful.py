@@ -15,6 +15,14 @@ ValidationFailed, exactly as predicted) must change nothing. After every step:
   (stored once per event id), charges (they agree with their transfers) and invoices (subtotal,
   fen total and rounding) agree with the model.
 
+Adversaries (issue 9): a supplier over-reporting (more than its endpoint can serve, more than
+the buyer's max_spend) or reporting outside the allocation's live period, buyers disputing
+charges and admins refunding or rejecting them, staff without the operation's permission, and a
+large top-up waiting for a second admin. Their invariants: no token allocation costs more than
+its max_spend, no buyer is charged more than the sum of its max_spend and other holds, metering's
+running totals equal the stored events, disputes match the model and payouts leave what open
+disputes withhold.
+
 Two bugs it found are pinned by the regression tests at the end (the machine leaves those two
 cases to them).
 """
@@ -33,12 +41,13 @@ from hypothesis import HealthCheck, Phase, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from audit.services import AdminActor
-from billing import admin_services, invoicing, settlement, services
+from billing import admin_services, disputes, invoicing, settlement, services
 from billing.metering import UsageIn, usage_record_batch
-from billing.models import (Account, Charge, Entry, Hold, Invoice, InvoiceLine, TokenUsageTotal, Transfer,
+from billing.models import (Account, Charge, Dispute, Entry, Hold, Invoice, InvoiceLine, TokenUsageTotal, Transfer,
                             UsageEvent)
 from config.errors import Conflict, PermissionDenied, ValidationFailed
 from marketplace.hours import hour_start
+from marketplace.models import Organisation
 
 from tests.factories import OrganisationFactory, admin_user
 
@@ -133,6 +142,8 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.last_charge = 0  # the highest charge id the model has seen
             self.refund_refs = {}  # reference -> (charge id, refund charge id)
             self.payout_refs = set()
+            self.disputes = {}  # dispute id -> charge, amount, withheld, status
+            self.resolver = None
             self.periods = {}  # (organisation, kind) -> last period end
             self.invoices = 0
             self.rate = settlement.commission_rate()
@@ -184,6 +195,21 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.flows[buyer]["charged"] += amount
             if hold is not None:
                 hold["posted"] += from_hold
+
+        def refunded(self, charge: dict, amount: Decimal, fee: Decimal, refund: Charge) -> None:
+            """A refund of ``amount`` of ``charge`` was booked as ``refund``: the supplier and the
+            platform give back their shares, the buyer's wallet gets it all."""
+            assert (refund.kind, refund.amount, refund.commission) == (Charge.Kind.REFUND, -amount, -fee)
+            buyer = charge["buyer"]
+            self.move(self.supplier, PAYABLE, -(amount - fee))
+            self.move(None, COMMISSION, -fee)
+            self.move(buyer, WALLET, amount)
+            self.flows[buyer]["refunds"] += amount
+            charge["refunded"] += amount
+            self.charges[refund.pk] = {"buyer": buyer, "kind": Charge.Kind.REFUND, "amount": -amount,
+                                       "commission": -fee, "usage_to": refund.usage_to, "refunded": ZERO,
+                                       "invoiced": False, "stated": False}
+            self.last_charge = refund.pk
 
         def hold_of(self, allocation_id):
             return next(h for h in self.holds.values() if h["allocation"] == allocation_id)
@@ -482,18 +508,8 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 self.refused(services.InsufficientFunds, call)  # the supplier was paid out meanwhile
             else:
                 result = call()
-                assert (result.kind, result.amount, result.commission) == (Charge.Kind.REFUND, -amount, -fee)
-                buyer = charge["buyer"]
-                self.move(self.supplier, PAYABLE, -(amount - fee))
-                self.move(None, COMMISSION, -fee)
-                self.move(buyer, WALLET, amount)
-                self.flows[buyer]["refunds"] += amount
-                charge["refunded"] += amount
+                self.refunded(charge, amount, fee, result)
                 self.refund_refs[reference] = (pk, result.pk)
-                self.charges[result.pk] = {"buyer": buyer, "kind": Charge.Kind.REFUND, "amount": -amount,
-                                           "commission": -fee, "usage_to": result.usage_to, "refunded": ZERO,
-                                           "invoiced": False, "stated": False}
-                self.last_charge = result.pk
 
         @rule(reuse=st.booleans())
         def payout(self, reuse):
@@ -504,14 +520,14 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 call()
                 assert fingerprint() == before
                 return
-            owed = self.balance(self.supplier, PAYABLE)
-            paid, remainder = floor_fen(owed)
+            owed = self.balance(self.supplier, PAYABLE) - self.withheld()
+            paid, remainder = floor_fen(max(owed, ZERO))
             if paid <= 0:
-                self.refused(Conflict, call)  # less than a fen owed
+                self.refused(Conflict, call)  # less than a fen owed beyond what open disputes withhold
                 return
             call()
             self.payout_refs.add(reference)
-            self.move(self.supplier, PAYABLE, -owed)
+            self.move(self.supplier, PAYABLE, -(paid + remainder))
             self.move(None, EXTERNAL, paid)
             self.move(None, ROUNDING, remainder)
 
@@ -642,6 +658,75 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.move(buyer, WALLET, amount)
             self.move(None, EXTERNAL, -amount)
             self.flows[buyer]["top_ups"] += amount
+
+        def withheld(self) -> Decimal:
+            return sum((d["withheld"] for d in self.disputes.values() if d["status"] == "open"), ZERO)
+
+        @precondition(lambda self: any(c["kind"] in TOKEN_KINDS for c in self.charges.values()))
+        @rule(data=st.data())
+        def buyer_disputes(self, data):
+            """The buyer disputes part or all of what is left of a charge (or more, or twice)."""
+            pk = data.draw(st.sampled_from(sorted(k for k, c in self.charges.items() if c["kind"] in TOKEN_KINDS)),
+                           label="charge")
+            charge = self.charges[pk]
+            left = charge["amount"] - charge["refunded"]
+            over = data.draw(one_in_five, label="over")
+            amount = left + SCALE if over else max(exact(left * data.draw(ratio, label="part")), SCALE)
+            buyer = Organisation.objects.get(pk=charge["buyer"])
+            call = partial(disputes.dispute_open, organisation=buyer, charge_id=pk, reason="empty answers",
+                           amount=amount)
+            if any(d["charge"] == pk and d["status"] == "open" for d in self.disputes.values()):
+                self.refused(Conflict, call)
+            elif amount > left:
+                self.refused(ValidationFailed, call)
+            else:
+                dispute, created = call()
+                assert created and dispute.status == "open"
+                withheld = amount - exact(amount * charge["commission"] / charge["amount"])
+                assert dispute.withheld == withheld
+                self.disputes[dispute.pk] = {"charge": pk, "amount": amount, "withheld": withheld, "status": "open"}
+
+        @precondition(lambda self: any(d["status"] == "open" for d in self.disputes.values()))
+        @rule(data=st.data())
+        def admin_resolves_dispute(self, data):
+            """An admin refunds part or all of an open dispute, or rejects it; one without the
+            permission changes nothing."""
+            pk = data.draw(st.sampled_from(sorted(k for k, d in self.disputes.items() if d["status"] == "open")),
+                           label="dispute")
+            dispute = self.disputes[pk]
+            if data.draw(one_in_five, label="unpermitted"):
+                bare = admin_user(self.fresh("bare"), "billing.refund_charge", "billing.pay_out")
+                self.refused(PermissionDenied, partial(disputes.dispute_resolve, actor=AdminActor(user_id=bare.pk),
+                                                       dispute_id=pk, outcome="refund", reason="no"))
+                return
+            if self.resolver is None:
+                self.resolver = admin_user(self.fresh("resolver"), "billing.resolve_dispute")
+            actor = AdminActor(user_id=self.resolver.pk)
+            if data.draw(st.booleans(), label="reject"):
+                assert disputes.dispute_resolve(actor=actor, dispute_id=pk, outcome="reject",
+                                                reason="posted price").status == "rejected"
+                dispute["status"] = "rejected"
+                return
+            amount = max(exact(dispute["amount"] * data.draw(ratio, label="part")), SCALE)
+            charge = self.charges[dispute["charge"]]
+            fee = exact(amount * charge["commission"] / charge["amount"])
+            call = partial(disputes.dispute_resolve, actor=actor, dispute_id=pk, outcome="refund", reason="partly",
+                           amount=amount)
+            if amount > charge["amount"] - charge["refunded"]:
+                self.refused(ValidationFailed, call)  # refunded directly meanwhile
+                return
+            if self.balance(self.supplier, PAYABLE) < amount - fee or self.balance(None, COMMISSION) < fee:
+                self.refused(services.InsufficientFunds, call)  # the supplier was paid out before the dispute
+                return
+            result = call()
+            assert (result.status, result.refunded) == ("refunded", amount)
+            self.refunded(charge, amount, fee, result.refund)
+            dispute["status"] = "refunded"
+
+        @invariant()
+        def disputes_match_model(self):
+            assert {d.pk: (d.status, d.withheld) for d in Dispute.objects.all()} == {
+                pk: (d["status"], d["withheld"]) for pk, d in self.disputes.items()}
 
         @invariant()
         def nobody_charged_beyond_the_agreement(self):
