@@ -4,7 +4,7 @@ from decimal import Decimal
 import orjson
 from django.http import HttpResponse, QueryDict
 from django.utils.http import parse_header_parameters
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -71,6 +71,7 @@ class AdminTopUpApi(APIView):
                         status=status.HTTP_201_CREATED)
 
 
+@extend_schema_view(get=extend_schema(responses={200: MoneyApprovalOutput(many=True), **errors(400, 401, 403)}))
 class MoneyApprovalListApi(generics.ListAPIView):
     """Top-ups and refunds waiting for (or decided by) a second admin."""
 

@@ -2,7 +2,7 @@
 ``billing.resolve_dispute`` refunds or rejects it. Thin views over ``billing.disputes``."""
 from decimal import Decimal
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -56,6 +56,7 @@ class ChargeDisputeApi(APIView):
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
+@extend_schema_view(get=extend_schema(responses={200: DisputeOutput(many=True), **errors(400, 401, 403)}))
 class DisputeListApi(generics.ListAPIView):
     """Disputes you raised (as a buyer) or that concern your charges (as a supplier)."""
 
@@ -80,6 +81,7 @@ class DisputeDetailApi(APIView):
         return Response(DisputeOutput(dispute, context={"organisation": organisation}).data)
 
 
+@extend_schema_view(get=extend_schema(responses={200: DisputeOutput(many=True), **errors(400, 401, 403)}))
 class AdminDisputeListApi(generics.ListAPIView):
     """Every dispute, for the admins who resolve them."""
 
