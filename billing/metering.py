@@ -289,6 +289,7 @@ _TOTALS_ADD = (
     " refused_over_budget = u.refused_over_budget + d.over, refused_implausible = u.refused_implausible + d.imp"
     " FROM unnest(%b::bigint[], %b::numeric[], %b::bigint[], %b::timestamptz[], %b::bigint[], %b::bigint[])"
     " AS d(a, amount, tokens, latest, over, imp) WHERE u.allocation_id = d.a")
+_REFUSED_DELETE = "DELETE FROM billing_usageevent WHERE organisation_id = %b::bigint AND event_id = ANY(%b::text[])"
 _NO_ALLOCATION = "No token allocation of yours that takes usage has this id."
 _TOO_OLD = f"Must be within the last {MAX_EVENT_AGE.days} days."
 
@@ -347,113 +348,118 @@ def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None)
     ``unknown_allocation``, ``out_of_period`` (occurred outside the allocation's live period, or
     reported after its late grace), ``implausible`` (more tokens than the endpoint could have
     served since the allocation started), ``over_budget`` (the allocation's accepted usage would
-    cost more than ``max_spend``). A rejected event is not stored; its id stays free.
+    cost more than ``max_spend``). A rejected event is not stored; its id stays free. A stored
+    event id is answered first (``replayed`` with its original result, or ``conflict``), whatever
+    changed since.
 
-    A stored event id is answered first (``replayed`` with its original result, or ``conflict``),
-    whatever changed since. Atomic. A handful of statements per batch whatever its size: the
-    allocations' bounds; their running totals, created or locked in allocation id order
-    (concurrent batches on one allocation queue there, so the budget is never exceeded); the
-    stored rows with these ids; one INSERT ... ON CONFLICT DO NOTHING RETURNING; one UPDATE of
-    the totals."""
+    Atomic, and a handful of statements per batch whatever its size: the allocations' bounds;
+    one INSERT ... ON CONFLICT DO NOTHING RETURNING of the events that pass the per-event checks;
+    then their allocations' running totals, created or locked in allocation id order, against
+    which the new events are judged in batch order (those beyond the endpoint's capacity or the
+    max_spend are deleted again, inside this transaction, so never seen); one UPDATE of the
+    totals. Concurrent batches on one allocation queue only for that last part, so the budget is
+    never exceeded and the inserts still run in parallel."""
     now = now or timezone.now()
     oldest, newest = now - MAX_EVENT_AGE, now + CLOCK_SKEW
     late_grace = timedelta(minutes=int(settings.SANDUISAN["USAGE_REPORT_GRACE_MINUTES"]))
     wanted = sorted({e.allocation_id for e in events if e.allocation_id <= _BIGINT})
     sha256 = hashlib.sha256
-    # = UsageIn.payload_hash(), inlined
-    hashes = [sha256(f'[{a}, "{at.isoformat()}", {hit}, {miss}, {out}]'.encode()).hexdigest()
-              for _, a, at, hit, miss, out in events]
     results: list[dict | None] = [None] * len(events)
+    hashes: list[str | None] = [None] * len(events)
     with transaction.atomic(), connection.wrap_database_errors, _binary_cursor() as cursor:
         bounds = usage_bounds(organisation_id=organisation_id, allocation_ids=wanted) if wanted else {}
-        live = sorted({e.allocation_id for e in events if e.allocation_id in bounds})
-        if live:
-            cursor.execute(_TOTALS_LOCK, [live], prepare=False)
-            for pk, amount, tokens, latest in cursor.fetchall():
-                bound = bounds[pk]
-                bound.amount, bound.tokens, bound.latest = amount, tokens, latest
-        # Stored first: a replay is answered with its original result (or as a conflict) whatever
-        # has changed since, so a client's retry is always safe.
-        cursor.execute(_STORED, [organisation_id, [e.event_id for e in events]], prepare=False)
-        stored = {event_id: (digest, str(amount)) for event_id, digest, amount in cursor.fetchall()}
         first: dict[str, int] = {}  # event id -> index of its first new occurrence in the batch
         ids, allocations, moments, hits, misses, outs, amounts, digests, costs = [], [], [], [], [], [], [], [], []
         for i, (event_id, allocation_id, occurred_at, hit, miss, out) in enumerate(events):
-            if event_id in stored or event_id in first:
-                continue  # a replay (or a repeat inside the batch): answered below
+            moment = occurred_at.isoformat()
+            # = UsageIn.payload_hash(), inlined
+            hashes[i] = digest = sha256(f'[{allocation_id}, "{moment}", {hit}, {miss}, {out}]'.encode()).hexdigest()
             bound = bounds.get(allocation_id)
             if bound is None:
                 results[i] = _rejected(event_id, "unknown_allocation", "allocation", _NO_ALLOCATION)
-                continue
-            if occurred_at < oldest or occurred_at > newest:
+            elif occurred_at < oldest or occurred_at > newest:
                 results[i] = _rejected(event_id, "out_of_period", "occurred_at", _TOO_OLD)
-                continue
-            if occurred_at < bound.start - CLOCK_SKEW or occurred_at > bound.end + CLOCK_SKEW:
+            elif occurred_at < bound.start - CLOCK_SKEW or occurred_at > bound.end + CLOCK_SKEW:
                 results[i] = _rejected(event_id, "out_of_period", "occurred_at", (
                     f"Outside the allocation's live period, {bound.start.isoformat()} to {bound.end.isoformat()}."))
-                continue
-            if now > bound.end + late_grace:
+            elif now > bound.end + late_grace:
                 results[i] = _rejected(event_id, "out_of_period", "occurred_at", (
                     f"Reported too late: usage must arrive within {late_grace} of the allocation's end."))
-                continue
-            tokens = hit + miss + out
-            latest = occurred_at if bound.latest is None or occurred_at > bound.latest else bound.latest
-            if bound.tokens + tokens > bound.capacity_at(latest):
-                bound.implausible += 1
-                results[i] = _rejected(event_id, "implausible", "output_tokens", (
-                    f"More tokens than the endpoint ({bound.per_minute} tokens a minute) could have served "
-                    f"since {bound.start.isoformat()}."))
-                continue
-            cost = rate_tokens(prices=bound.prices, input_hit=hit, input_miss=miss, output=out).total
-            if bound.amount + cost > bound.max_spend:
-                bound.over += 1
-                results[i] = _rejected(event_id, "over_budget", "allocation", (
-                    f"The allocation's usage would cost more than its max_spend of {bound.max_spend} CNY "
-                    f"({bound.amount} accepted so far)."))
-                continue
-            bound.amount += cost
-            bound.tokens += tokens
-            bound.latest = latest
-            first[event_id] = i
-            ids.append(event_id)
-            allocations.append(allocation_id)
-            moments.append(occurred_at.isoformat())
-            hits.append(hit)
-            misses.append(miss)
-            outs.append(out)
-            amounts.append(str(cost))
-            costs.append((cost, tokens))
-            digests.append(hashes[i])
+            elif event_id not in first:
+                first[event_id] = i
+                ids.append(event_id)
+                allocations.append(allocation_id)
+                moments.append(moment)
+                hits.append(hit)
+                misses.append(miss)
+                outs.append(out)
+                cost = rate_tokens(prices=bound.prices, input_hit=hit, input_miss=miss, output=out).total
+                amounts.append(str(cost))
+                costs.append((cost, hit + miss + out, occurred_at))
+                digests.append(digest)
         created: set[str] = set()
+        stored: dict[str, tuple[str, str]] = {}  # event id -> (payload hash, amount) of rows stored before
         if ids:
             join = ",".join
             cursor.execute(_INSERT, [organisation_id, now, ids, join(map(str, allocations)), join(moments),
                                      join(map(str, hits)), join(map(str, misses)), join(map(str, outs)),
                                      join(amounts), join(digests)], prepare=False)
             created = {row[0] for row in cursor.fetchall()}
-            if len(created) < len(ids):  # lost a race for an id to a concurrent batch on another allocation
-                cursor.execute(_STORED, [organisation_id, [e for e in ids if e not in created]], prepare=False)
-                stored.update({event_id: (digest, str(amount)) for event_id, digest, amount in cursor.fetchall()})
-        for n, event_id in enumerate(ids):
-            if event_id in created:
+        # A stored id is answered with its first result, even where this delivery was refused.
+        unknown = [e for e in ids if e not in created] + [events[i].event_id for i, r in enumerate(results) if r]
+        if unknown:
+            cursor.execute(_STORED, [organisation_id, unknown], prepare=False)
+            stored = {event_id: (digest, str(amount)) for event_id, digest, amount in cursor.fetchall()}
+            for i, result in enumerate(results):
+                if result is not None and result["event_id"] in stored:
+                    results[i] = None  # answered below as a replay or a conflict
+        live = sorted({allocations[n] for n, e in enumerate(ids) if e in created})
+        if live:
+            cursor.execute(_TOTALS_LOCK, [live], prepare=False)
+            for pk, amount, tokens, latest in cursor.fetchall():
+                bound = bounds[pk]
+                bound.amount, bound.tokens, bound.latest = amount, tokens, latest
+            refused = []
+            for n, event_id in enumerate(ids):
+                if event_id not in created:
+                    continue
                 bound = bounds[allocations[n]]
-                cost, tokens = costs[n]
-                bound.added_amount += cost
-                bound.added_tokens += tokens
-        touched = [pk for pk in live if bounds[pk].added_tokens or bounds[pk].added_amount or bounds[pk].over
-                   or bounds[pk].implausible]
-        if touched:
+                cost, tokens, occurred_at = costs[n]
+                latest = occurred_at if bound.latest is None or occurred_at > bound.latest else bound.latest
+                if bound.tokens + tokens > bound.capacity_at(latest):
+                    bound.implausible += 1
+                    results[first[event_id]] = _rejected(event_id, "implausible", "output_tokens", (
+                        f"More tokens than the endpoint ({bound.per_minute} tokens a minute) could have served "
+                        f"since {bound.start.isoformat()}."))
+                elif bound.amount + cost > bound.max_spend:
+                    bound.over += 1
+                    results[first[event_id]] = _rejected(event_id, "over_budget", "allocation", (
+                        f"The allocation's usage would cost more than its max_spend of {bound.max_spend} CNY "
+                        f"({bound.amount} accepted so far)."))
+                else:
+                    bound.amount += cost
+                    bound.tokens += tokens
+                    bound.latest = latest
+                    bound.added_amount += cost
+                    bound.added_tokens += tokens
+                    continue
+                refused.append(event_id)
+            if refused:
+                cursor.execute(_REFUSED_DELETE, [organisation_id, refused], prepare=False)
+                created.difference_update(refused)
             cursor.execute(_TOTALS_ADD, [
-                touched, [bounds[pk].added_amount for pk in touched], [bounds[pk].added_tokens for pk in touched],
-                [bounds[pk].latest for pk in touched], [bounds[pk].over for pk in touched],
-                [bounds[pk].implausible for pk in touched]], prepare=False)
+                live, [bounds[pk].added_amount for pk in live], [bounds[pk].added_tokens for pk in live],
+                [bounds[pk].latest for pk in live], [bounds[pk].over for pk in live],
+                [bounds[pk].implausible for pk in live]], prepare=False)
     mine = {e: (digests[n], amounts[n]) for n, e in enumerate(ids) if e in created}
     for i, result in enumerate(results):
         if result is not None:
             continue
         event_id = events[i].event_id
         original = mine.get(event_id) or stored.get(event_id)
-        if original is None:
+        if original is None and event_id in first:  # a repeat, in this batch, of an event refused above
+            results[i] = {**results[first[event_id]], "event_id": event_id}
+        elif original is None:
             results[i] = _rejected(event_id, "not_stored", "event_id", "Not stored.")
         elif original[0] != hashes[i]:
             results[i] = {"event_id": event_id, "status": "conflict", "code": "idempotency_conflict",
