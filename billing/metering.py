@@ -405,14 +405,12 @@ def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None)
                                      join(map(str, hits)), join(map(str, misses)), join(map(str, outs)),
                                      join(amounts), join(digests)], prepare=False)
             created = {row[0] for row in cursor.fetchall()}
-        # A stored id is answered with its first result, even where this delivery was refused.
-        unknown = [e for e in ids if e not in created] + [events[i].event_id for i, r in enumerate(results) if r]
+        # Rows stored before this batch: ids it did not create, and ids of deliveries it refused.
+        refused_early = [i for i, r in enumerate(results) if r is not None]
+        unknown = {e for e in ids if e not in created} | {events[i].event_id for i in refused_early} - created
         if unknown:
-            cursor.execute(_STORED, [organisation_id, unknown], prepare=False)
+            cursor.execute(_STORED, [organisation_id, list(unknown)], prepare=False)
             stored = {event_id: (digest, str(amount)) for event_id, digest, amount in cursor.fetchall()}
-            for i, result in enumerate(results):
-                if result is not None and result["event_id"] in stored:
-                    results[i] = None  # answered below as a replay or a conflict
         live = sorted({allocations[n] for n, e in enumerate(ids) if e in created})
         if live:
             cursor.execute(_TOTALS_LOCK, [live], prepare=False)
@@ -451,6 +449,12 @@ def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None)
                 live, [bounds[pk].added_amount for pk in live], [bounds[pk].added_tokens for pk in live],
                 [bounds[pk].latest for pk in live], [bounds[pk].over for pk in live],
                 [bounds[pk].implausible for pk in live]], prepare=False)
+    # A stored id is answered with its first result (a replay or a conflict) even where this
+    # delivery would be refused: stored before the batch, or created earlier in it.
+    for i in refused_early:
+        event_id = events[i].event_id
+        if event_id in stored or (event_id in created and first[event_id] < i):
+            results[i] = None
     mine = {e: (digests[n], amounts[n]) for n, e in enumerate(ids) if e in created}
     for i, result in enumerate(results):
         if result is not None:

@@ -167,3 +167,20 @@ def test_matching_holds_no_more_than_max_spend(supplier_client, buyer_client):
     assert allocation.hold.amount == Decimal("10")
     matching.round_run(bucket="tokens")  # nothing more to match
     assert balance(buyer_client.organisation.pk, "buyer_held") == Decimal("10")
+
+
+def test_a_batch_is_judged_in_order_for_repeated_ids(supplier_client, buyer_client):
+    """An id refused early in a batch and accepted later is created; a refused delivery of an id
+    created earlier in the batch (or before it) is answered as that id's replay or conflict."""
+    allocation = token_allocation(supplier_client.organisation, buyer_client)
+    early = hour_start(allocation.start_hour) - timedelta(hours=1)
+    good = event(allocation, "x", out=10)
+    answer = supplier_client.post("/api/v1/usage-events/batch", {"events": [
+        event(allocation, "x", out=10, at=early), good, event(allocation, "x", out=11, at=early), good]},
+        format="json").json()
+    assert [(r["status"], r.get("code")) for r in answer["results"]] == [
+        ("rejected", "out_of_period"), ("created", None), ("conflict", "idempotency_conflict"), ("replayed", None)]
+    again = supplier_client.post("/api/v1/usage-events/batch", {"events": [
+        event(allocation, "x", out=10, at=early)]}, format="json").json()
+    assert again["results"][0]["status"] == "conflict"  # stored before: a conflict, not a refusal
+    assert UsageEvent.objects.count() == 1
