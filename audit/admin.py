@@ -9,12 +9,8 @@ from .models import AuditEntry
 from .services import AdminActor, audit_record
 
 
-@admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "actor_name", "action", "target_type", "target_id", "reason", "request_id"]
-    list_filter = ["action", "target_type"]
-    search_fields = ["actor_name", "target_id", "reason", "request_id"]
-    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Shown in the admin site, never added, changed or deleted there."""
 
     def has_add_permission(self, request):
         return False
@@ -24,6 +20,14 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "actor_name", "action", "target_type", "target_id", "reason", "request_id"]
+    list_filter = ["action", "target_type"]
+    search_fields = ["actor_name", "target_id", "reason", "request_id"]
+    readonly_fields = [f.name for f in AuditEntry._meta.fields]
 
 
 def _actor(request) -> AdminActor:

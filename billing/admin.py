@@ -1,20 +1,13 @@
 from django.contrib import admin
 
+from audit.admin import ReadOnlyAdmin
+
 from .models import (Account, AllocationMeter, Charge, Dispute, Entry, Hold, Invoice, InvoiceLine, MoneyApproval,
                      Transfer, UsageEvent)
 
 
-class ReadOnly(admin.ModelAdmin):
+class ReadOnly(ReadOnlyAdmin):
     """Money moves only through billing.services.transfer_post; the admin shows, never edits."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Account)
