@@ -87,13 +87,14 @@ def _market() -> tuple[int, str, int, int]:
     market.listing_create(organisation=supplier, node_id=node.pk, cards=8, start=start,
                           end=start + timedelta(hours=24), ask_per_card_hour=Decimal("10.00"),
                           token_endpoint=market.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"),
-                                                              Decimal("8")))
+                                                              Decimal("8"), tokens_per_minute=10**12))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {buyer_key}")
     response = client.post("/api/v1/orders", {
         "kind": "tokens", "model": "DeepSeek-V3", "expected_input_tokens": 10_000_000,
         "expected_output_tokens": 2_000_000, "expected_cache_hit_ratio": "0.25",
-        "max_prices": {"input_hit_per_m": "0.5", "input_miss_per_m": "2", "output_per_m": "8"}}, format="json")
+        "max_prices": {"input_hit_per_m": "0.5", "input_miss_per_m": "2", "output_per_m": "8"},
+        "max_spend": "1000000000"}, format="json")
     if response.status_code != 201:
         raise RuntimeError(f"token order refused: {response.status_code} {response.content[:500]!r}")
     round_run(bucket="tokens")
@@ -104,6 +105,9 @@ def _market() -> tuple[int, str, int, int]:
         allocation = Allocation.objects.filter(kind="tokens").first()
     if allocation is None:
         raise RuntimeError("the matching round made no token allocation")
+    # The events are spread over the last hour: the allocation has been live since before then,
+    # and its buyer agreed to far more than they cost (max_spend above), so none is refused.
+    Allocation.objects.filter(pk=allocation.pk).update(start_hour=allocation.start_hour - 2)
     return supplier.pk, supplier_key, allocation.pk, buyer.pk
 
 

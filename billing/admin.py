@@ -1,19 +1,13 @@
 from django.contrib import admin
 
-from .models import Account, AllocationMeter, Charge, Entry, Hold, Invoice, InvoiceLine, Transfer, UsageEvent
+from audit.admin import ReadOnlyAdmin
+
+from .models import (Account, AllocationMeter, Charge, Dispute, Entry, Hold, Invoice, InvoiceLine, MoneyApproval,
+                     Transfer, UsageEvent)
 
 
-class ReadOnly(admin.ModelAdmin):
+class ReadOnly(ReadOnlyAdmin):
     """Money moves only through billing.services.transfer_post; the admin shows, never edits."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Account)
@@ -88,3 +82,18 @@ class InvoiceAdmin(ReadOnly):
 class AllocationMeterAdmin(ReadOnly):
     list_display = ["allocation", "started_at", "last_heartbeat_at", "stopped_at", "billed_minutes", "billed_amount"]
     raw_id_fields = ["allocation"]
+
+
+@admin.register(MoneyApproval)
+class MoneyApprovalAdmin(ReadOnly):
+    """Decided through the API (a second admin approves); shown here."""
+    list_display = ["id", "kind", "organisation", "amount", "reference", "status", "requested_by", "decided_by",
+                    "created_at"]
+    list_filter = ["kind", "status"]
+
+
+@admin.register(Dispute)
+class DisputeAdmin(ReadOnly):
+    """Resolved through the API by an admin with billing.resolve_dispute; shown here."""
+    list_display = ["id", "charge", "buyer", "supplier", "amount", "withheld", "status", "refunded", "created_at"]
+    list_filter = ["status"]

@@ -4,20 +4,22 @@ from decimal import Decimal
 import orjson
 from django.http import HttpResponse, QueryDict
 from django.utils.http import parse_header_parameters
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
+from config.api.responses import ErrorOutput, errors
 from config.errors import Conflict, NotFound, ValidationFailed
-from marketplace.actors import actor_for_request
+from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.models import Organisation
 from marketplace.permissions import IsPlatformAdmin
 
-from . import selectors, services
+from . import admin_services, selectors
 from .claims import usage_record_or_claim
 from .metering import usage_batch_parse, usage_event_parse
+from .models import MoneyApproval
 
 WalletOutput = inline_serializer("Wallet", {"currency": serializers.CharField(),
                                             "available": serializers.DecimalField(30, 12),
@@ -31,6 +33,16 @@ class WalletApi(APIView):
         return Response(jsonable(selectors.wallet_balances(organisation_id=org.pk)))
 
 
+class MoneyApprovalOutput(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username")
+    decided_by = serializers.CharField(source="decided_by.username", default=None)
+
+    class Meta:
+        model = MoneyApproval
+        fields = ["id", "kind", "organisation", "charge", "amount", "reference", "reason", "status", "requested_by",
+                  "decided_by", "decided_at", "decision_reason", "transfer", "created_at"]
+
+
 class AdminTopUpApi(APIView):
     """Credit an organisation's wallet (idempotent by ``reference``, e.g. a bank transfer id)."""
 
@@ -41,16 +53,57 @@ class AdminTopUpApi(APIView):
                                           max_value=Decimal("100000000"))
         reference = serializers.CharField(max_length=150)
 
-    @extend_schema(request=TopUpInput, responses={201: WalletOutput})
+        reason = serializers.CharField(max_length=250, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=TopUpInput, responses={
+        201: WalletOutput, 202: OpenApiResponse(MoneyApprovalOutput, description=(
+            "above the second-approval threshold: a request another admin must approve")),
+        **errors(400, 401, 403, 404, 409)})
     def post(self, request, organisation_id: int):
         if not Organisation.objects.filter(pk=organisation_id).exists():
             raise NotFound("No such organisation.")
         data = self.TopUpInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        services.wallet_top_up(organisation_id=organisation_id, amount=data.validated_data["amount"],
-                               reference=f"admin:{data.validated_data['reference']}")
+        outcome = admin_services.wallet_top_up_by_admin(actor=admin_actor_for_request(request),
+                                                        organisation_id=organisation_id, **data.validated_data)
+        if outcome.approval is not None:
+            return Response(MoneyApprovalOutput(outcome.approval).data, status=status.HTTP_202_ACCEPTED)
         return Response(jsonable(selectors.wallet_balances(organisation_id=organisation_id)),
                         status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(get=extend_schema(responses={200: MoneyApprovalOutput(many=True), **errors(400, 401, 403)}))
+class MoneyApprovalListApi(generics.ListAPIView):
+    """Top-ups and refunds waiting for (or decided by) a second admin."""
+
+    permission_classes = [IsPlatformAdmin]
+    serializer_class = MoneyApprovalOutput
+    filterset_fields = ["status", "kind"]
+    ordering_fields = ["id"]
+
+    def get_queryset(self):
+        return MoneyApproval.objects.select_related("requested_by", "decided_by").order_by("-id")
+
+
+class MoneyApprovalDecideApi(APIView):
+    """A second admin (not the requester, with the operation's permission) approves: the money
+    moves now; or rejects (a reason is required): nothing moves. One view, one decision per URL."""
+
+    permission_classes = [IsPlatformAdmin]
+    decision = None
+
+    class DecideInput(serializers.Serializer):
+        reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=DecideInput, responses={200: MoneyApprovalOutput, **errors(400, 401, 403, 404, 409)})
+    def post(self, request, approval_id: int):
+        data = self.DecideInput(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        decide = (admin_services.money_approval_approve if self.decision == "approve"
+                  else admin_services.money_approval_reject)
+        approval = decide(actor=admin_actor_for_request(request), approval_id=approval_id,
+                          reason=data.validated_data["reason"])
+        return Response(MoneyApprovalOutput(approval).data)
 
 
 # Documents the request only: billing.metering.usage_event_parse validates it, by hand, with
@@ -66,9 +119,20 @@ class UsageEventInput(serializers.Serializer):
     output_tokens = serializers.IntegerField(min_value=0, max_value=10**12, default=0)
 
 
+UsageResultOutput = inline_serializer("UsageResult", {
+    "event_id": serializers.CharField(),
+    "status": serializers.ChoiceField(choices=["created", "replayed", "conflict", "rejected", "reconciliation"]),
+    "code": serializers.ChoiceField(required=False, help_text="why it was refused", choices=[
+        "unknown_allocation", "out_of_period", "over_budget", "implausible", "idempotency_conflict", "not_stored"]),
+    "amount": serializers.CharField(required=False),
+    "error": serializers.DictField(required=False, child=serializers.ListField(child=serializers.CharField()))})
+
+
 class UsageEventApi(APIView):
     """One token usage event from the supplier serving the allocation. 201 new, 200 replay (the
-    original result), 409 same id with a different payload, 400 refused."""
+    original result), 409 same id with a different payload (``idempotency_conflict``) or beyond
+    the allocation's ``max_spend`` (``over_budget``), 400 refused: unknown allocation, outside
+    its live period (``out_of_period``), or more than the endpoint could serve (``implausible``)."""
 
     throttle_scope = "usage"  # ingestion has its own, higher rate limit (config.api.throttling)
 
@@ -95,9 +159,11 @@ class UsageEventApi(APIView):
             return HttpResponse(orjson.dumps(data), status=status_code, content_type="application/json")
         return Response(data, status=status_code)
 
-    @extend_schema(request=UsageEventInput, responses={201: inline_serializer(
-        "UsageResult", {"event_id": serializers.CharField(), "status": serializers.CharField(),
-                        "amount": serializers.CharField()})})
+    @extend_schema(request=UsageEventInput, responses={
+        201: UsageResultOutput, 200: OpenApiResponse(UsageResultOutput, description="a replay: the original result"),
+        **errors(400, 401, 403), 409: OpenApiResponse(ErrorOutput, description=(
+            "`idempotency_conflict`: the id was used with another payload; `over_budget`: the allocation's "
+            "max_spend does not cover it"))})
     def post(self, request):
         actor = actor_for_request(request)
         actor.require_write()
@@ -107,13 +173,18 @@ class UsageEventApi(APIView):
             raise Conflict("This event id was already used with a different payload.", fields=result["error"],
                            code="idempotency_conflict")
         if result["status"] == "rejected":
-            raise ValidationFailed("Usage event refused.", fields=result["error"])
+            if result["code"] == "over_budget":
+                raise Conflict("The allocation's max_spend does not cover this usage.", fields=result["error"],
+                               code="over_budget")
+            raise ValidationFailed("Usage event refused.", fields=result["error"],
+                                   code="validation_error" if result["code"] == "unknown_allocation" else result["code"])
         return self.json_response(request, result, status.HTTP_201_CREATED if result["status"] in ("created", "reconciliation")
                                   else status.HTTP_200_OK)
 
 
 class UsageEventBatchApi(APIView):
-    """Up to 1,000 events; one result per event, in order."""
+    """Up to 1,000 events; one result per event, in order, each with its status and, when
+    refused, its code (as the single endpoint's)."""
 
     throttle_scope = "usage"
 
@@ -122,7 +193,8 @@ class UsageEventBatchApi(APIView):
         events = serializers.ListField(child=UsageEventInput(), min_length=1, max_length=1000)
 
     @extend_schema(request=BatchInput, responses={200: inline_serializer(
-        "UsageBatchResult", {"results": serializers.JSONField(), "counts": serializers.JSONField()})})
+        "UsageBatchResult", {"results": serializers.ListField(child=UsageResultOutput), "counts": serializers.JSONField()}),
+        **errors(400, 401, 403)})
     def post(self, request):
         actor = actor_for_request(request)
         actor.require_write()

@@ -37,7 +37,8 @@ def usage_claims_record(*, organisation_id: int, events: list[UsageIn], prices: 
     results, rows = [], []
     for event in events:
         if event.occurred_at < now - MAX_EVENT_AGE or event.occurred_at > now + CLOCK_SKEW:
-            results.append({"event_id": event.event_id, "status": "rejected", "error": {"occurred_at": [_TOO_OLD]}})
+            results.append({"event_id": event.event_id, "status": "rejected", "code": "out_of_period",
+                            "error": {"occurred_at": [_TOO_OLD]}})
             continue
         amount = rate_tokens(prices=prices[event.allocation_id], input_hit=event.input_hit_tokens,
                              input_miss=event.input_miss_tokens, output=event.output_tokens).total

@@ -24,7 +24,7 @@ from config.errors import Conflict, NotFound, ValidationFailed
 from marketplace.hours import hour_index
 from marketplace.models import ListingHour, Organisation
 
-from .models import Account, Charge, Invoice, InvoiceLine, Transfer
+from .models import Account, Charge, Dispute, Invoice, InvoiceLine, Transfer
 from .rating import exact, to_fen
 from .services import account_get_or_create, accounts_lock, transfer_post
 from .settlement import sweep_item
@@ -85,7 +85,8 @@ def invoice_issue(*, organisation_id: int, kind: str = Invoice.Kind.INVOICE, per
             organisation_id=organisation_id, kind=kind, number=f"{prefix}-{organisation_id}-{sequence:05d}",
             period_start=period_start, period_end=period_end, subtotal=gross, commission=fee, total=total,
             rounding=rounding,
-            figures=_statement_figures(organisation, period_start, period_end) if kind == Invoice.Kind.STATEMENT else {})
+            figures={**(_statement_figures(organisation, period_start, period_end)
+                        if kind == Invoice.Kind.STATEMENT else {}), **_dispute_figures(organisation_id, kind)})
         for line in lines:
             line.invoice = invoice
         InvoiceLine.objects.bulk_create(lines)
@@ -134,6 +135,16 @@ def _statement_figures(organisation: Organisation, start: datetime, end: datetim
             "reliability": str(organisation.reliability)}
 
 
+def _dispute_figures(organisation_id: int, kind: str) -> dict:
+    """Open disputes when the document was issued: on an invoice, what the buyer contests; on a
+    statement, the supplier's share withheld from its payouts until they are resolved."""
+    if kind == Invoice.Kind.STATEMENT:
+        return {"withheld_for_disputes": str(disputes_withheld(supplier_id=organisation_id))}
+    disputed = Dispute.objects.filter(buyer_id=organisation_id, status__in=Dispute.WITHHOLDING).aggregate(
+        s=Sum("amount"))["s"] or Decimal(0)
+    return {"disputed": str(disputed)}
+
+
 def _key_share_orders(order_ids, *, allocation_ids=()) -> None:
     """Take FOR KEY SHARE on the orders (then allocations) the rows about to be written refer to,
     in id order, before any ledger account is locked. Their foreign keys are checked at commit,
@@ -172,8 +183,9 @@ def invoices_issue_monthly(*, now: datetime | None = None) -> int:
 # --- payouts and refunds ------------------------------------------------------------------------
 
 def payout_create(*, organisation_id: int, reference: str) -> Transfer:
-    """Pay a supplier what it is owed, floored to the fen; the sub-fen remainder goes to the
-    platform's rounding account. Idempotent by ``reference`` (e.g. the bank transfer's id)."""
+    """Pay a supplier what it is owed less what open disputes withhold, floored to the fen; the
+    sub-fen remainder goes to the platform's rounding account; the withheld part stays payable.
+    Idempotent by ``reference`` (e.g. the bank transfer's id)."""
     with transaction.atomic():
         existing = Transfer.objects.filter(idempotency_id=f"payout:{reference}").first()
         if existing is not None:
@@ -185,12 +197,28 @@ def payout_create(*, organisation_id: int, reference: str) -> Transfer:
         existing = Transfer.objects.filter(idempotency_id=f"payout:{reference}").first()
         if existing is not None:  # a concurrent retry got there first, while this one waited
             return existing
-        paid, remainder = to_fen(owed)
+        # Read with the payable locked: opening a dispute locks it too, so none slips past.
+        payable_now = owed - disputes_withheld(supplier_id=organisation_id)
+        paid, remainder = to_fen(max(payable_now, Decimal(0)))
         if paid <= 0:
-            raise Conflict("Nothing to pay out: less than one fen is owed.", code="nothing_to_pay")
+            raise Conflict("Nothing to pay out: less than one fen is owed beyond what open disputes withhold.",
+                           code="nothing_to_pay")
         transfer, _ = transfer_post(idempotency_id=f"payout:{reference}", kind="payout", memo=reference[:300],
-                                    legs=[(payable.pk, -owed), (external.pk, paid), (rounding_account.pk, remainder)])
+                                    legs=[(payable.pk, -(paid + remainder)), (external.pk, paid),
+                                          (rounding_account.pk, remainder)])
         return transfer
+
+
+def charge_refunded(*, charge_id: int) -> Decimal:
+    """What has been refunded of a charge so far."""
+    return -(Charge.objects.filter(kind=Charge.Kind.REFUND, memo__startswith=f"refund of charge {charge_id}:")
+             .aggregate(s=Sum("amount"))["s"] or Decimal(0))
+
+
+def disputes_withheld(*, supplier_id: int) -> Decimal:
+    """The supplier's share of its charges under open disputes: kept from its payouts."""
+    return Dispute.objects.filter(supplier_id=supplier_id, status__in=Dispute.WITHHOLDING).aggregate(
+        s=Sum("withheld"))["s"] or Decimal(0)
 
 
 def charge_refund(*, charge_id: int, amount: Decimal, reason: str, reference: str) -> Charge:
@@ -212,8 +240,7 @@ def charge_refund(*, charge_id: int, amount: Decimal, reason: str, reference: st
                 return done  # a retried request
             raise Conflict("This refund reference was already used for another refund.",
                            fields={"reference": ["Already used."]}, code="idempotency_conflict")
-        refunded = -(Charge.objects.filter(kind=Charge.Kind.REFUND, memo__startswith=f"refund of charge {charge.pk}:")
-                     .aggregate(s=Sum("amount"))["s"] or Decimal(0))
+        refunded = charge_refunded(charge_id=charge.pk)
         if amount > charge.amount - refunded:
             raise ValidationFailed.on("amount", f"At most {charge.amount - refunded} is left to refund.")
         fee = exact(amount * charge.commission / charge.amount)

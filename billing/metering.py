@@ -4,11 +4,13 @@ events is a handful of statements.
 Contract per event: ``event_id`` unique per reporting organisation; the same id with the same
 payload answers ``replayed`` with the original result; with a different payload ``conflict``.
 Accepted for a token allocation supplied by the caller that is ``confirmed``, ``running``,
-``completed`` or ``interrupted``: usage that arrives after the allocation ended is still taken
-(settlement charges it later), as long as ``occurred_at`` is within the last ``MAX_EVENT_AGE``
-and not more than ``CLOCK_SKEW`` in the future. Refused (``rejected``, nothing stored): any
-other allocation (another supplier's, not a token allocation, ``pending_review`` or
-``released``), or ``occurred_at`` outside that window.
+``completed`` or ``interrupted``, within what the buyer agreed to (``usage_record_batch``): the
+event occurred inside the allocation's live period (``CLOCK_SKEW`` either side) and arrives at
+most ``USAGE_REPORT_GRACE_MINUTES`` after its end (settlement charges late usage later); the
+allocation's accepted usage stays within the order's ``max_spend`` and within what the endpoint's
+``tokens_per_minute`` could have served since the allocation started. Refused (``rejected`` with
+a ``code``, nothing stored): any other allocation (another supplier's, not a token allocation,
+``pending_review`` or ``released``), or an event outside those bounds.
 
 Validation (``usage_event_parse`` / ``usage_batch_parse``) is plain Python on the decoded JSON,
 with the messages DRF's serializer fields give, so the single and batch endpoints answer alike.
@@ -21,15 +23,18 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timedelta, timezone as dt_timezone
+from decimal import Decimal
 from typing import NamedTuple
 
 import psycopg
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from config.api.strict import DATETIME_OUT_OF_RANGE, MAX_MOMENT, MIN_MOMENT
 from config.errors import ValidationFailed
+from marketplace.hours import hour_start
 from marketplace.models import Allocation
 
 from .rating import TokenPrices, rate_tokens
@@ -274,6 +279,20 @@ _INSERT = (
     " ON CONFLICT (organisation_id, event_id) DO NOTHING RETURNING event_id")
 _STORED = ("SELECT event_id, payload_hash, amount FROM billing_usageevent"
            " WHERE organisation_id = %b::bigint AND event_id = ANY(%b::text[])")
+# Create-or-lock each allocation's running total, in allocation id order (so batches never
+# deadlock), and read it: ON CONFLICT DO UPDATE locks the existing row like an UPDATE.
+_TOTALS_LOCK = (
+    "INSERT INTO billing_tokenusagetotal AS u (allocation_id, amount, tokens, refused_over_budget,"
+    " refused_implausible) SELECT t.a, 0, 0, 0, 0 FROM unnest(%b::bigint[]) AS t(a) ORDER BY t.a"
+    " ON CONFLICT (allocation_id) DO UPDATE SET tokens = u.tokens"
+    " RETURNING allocation_id, amount, tokens, latest_occurred_at")
+_TOTALS_ADD = (
+    "UPDATE billing_tokenusagetotal u SET amount = u.amount + d.amount, tokens = u.tokens + d.tokens,"
+    " latest_occurred_at = GREATEST(u.latest_occurred_at, d.latest),"
+    " refused_over_budget = u.refused_over_budget + d.over, refused_implausible = u.refused_implausible + d.imp"
+    " FROM unnest(%b::bigint[], %b::numeric[], %b::bigint[], %b::timestamptz[], %b::bigint[], %b::bigint[])"
+    " AS d(a, amount, tokens, latest, over, imp) WHERE u.allocation_id = d.a")
+_REFUSED_DELETE = "DELETE FROM billing_usageevent WHERE organisation_id = %b::bigint AND event_id = ANY(%b::text[])"
 _NO_ALLOCATION = "No token allocation of yours that takes usage has this id."
 _TOO_OLD = f"Must be within the last {MAX_EVENT_AGE.days} days."
 
@@ -284,68 +303,175 @@ def _binary_cursor() -> psycopg.Cursor:
     return psycopg.Cursor(connection.connection)
 
 
-def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None) -> list[dict]:
-    """Record events; returns one result per event, in order: {event_id, status, amount?, error?}
-    with status created | replayed | conflict | rejected.
+class _Bounds:
+    """What one allocation may still take: its prices, live period, budget and capacity, and
+    the running totals (locked for the batch)."""
 
-    One query for the allocations, one INSERT ... ON CONFLICT DO NOTHING RETURNING for the
-    batch, and only when some ids were not created by it, one SELECT of those stored rows."""
+    __slots__ = ("prices", "start", "end", "max_spend", "per_minute", "amount", "tokens", "latest",
+                 "added_amount", "added_tokens", "over", "implausible")
+
+    def __init__(self, prices: TokenPrices, start: datetime, end: datetime, max_spend: Decimal, per_minute: int):
+        self.prices, self.start, self.end, self.max_spend, self.per_minute = prices, start, end, max_spend, per_minute
+        self.amount, self.tokens, self.latest = Decimal(0), 0, None
+        self.added_amount, self.added_tokens, self.over, self.implausible = Decimal(0), 0, 0, 0
+
+    def capacity_at(self, moment: datetime) -> int:
+        """Tokens the endpoint could have served from the start of the allocation to ``moment``,
+        counted in started minutes (the minute in progress counts whole)."""
+        return self.per_minute * (int((moment - self.start).total_seconds()) // 60 + 1)
+
+
+def usage_bounds(*, organisation_id: int, allocation_ids) -> dict[int, _Bounds]:
+    """Each token allocation of the supplier that takes usage: prices, live period
+    ``[start of the hour it was confirmed in, end of service]``, budget (the order's
+    ``max_spend``, else its hold) and the endpoint's capacity (``tokens_per_minute``, else the
+    default per card)."""
+    per_card = int(settings.SANDUISAN["DEFAULT_TOKENS_PER_MINUTE_PER_CARD"])
+    rows = Allocation.objects.filter(
+        pk__in=allocation_ids, supplier_id=organisation_id, kind="tokens", status__in=USAGE_STATUSES).values_list(
+        "pk", "price_input_hit_per_m", "price_input_miss_per_m", "price_output_per_m", "status", "start_hour",
+        "end_hour", "delivered_end_hour", "cards", "order__max_spend", "hold__amount", "parts__listing__tokens_per_minute")
+    bounds = {}
+    for pk, hit, miss, out, status, first, last, delivered, cards, max_spend, held, per_minute in rows:
+        if status == Allocation.Status.INTERRUPTED and delivered is not None:
+            last = max(first, delivered)
+        budget = max_spend if max_spend is not None else (held or Decimal(0))
+        bounds[pk] = _Bounds(TokenPrices(hit, miss, out), hour_start(first), hour_start(last), budget,
+                             per_minute or cards * per_card)
+    return bounds
+
+
+def _rejected(event_id: str, code: str, field: str, message: str) -> dict:
+    return {"event_id": event_id, "status": "rejected", "code": code, "error": {field: [message]}}
+
+
+def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None) -> list[dict]:
+    """Record events; returns one result per event, in order: {event_id, status, code?, amount?,
+    error?} with status created | replayed | conflict | rejected. Rejection codes:
+    ``unknown_allocation``, ``out_of_period`` (occurred outside the allocation's live period, or
+    reported after its late grace), ``implausible`` (more tokens than the endpoint could have
+    served since the allocation started), ``over_budget`` (the allocation's accepted usage would
+    cost more than ``max_spend``). A rejected event is not stored; its id stays free. A stored
+    event id is answered first (``replayed`` with its original result, or ``conflict``), whatever
+    changed since.
+
+    Atomic, and a handful of statements per batch whatever its size: the allocations' bounds;
+    one INSERT ... ON CONFLICT DO NOTHING RETURNING of the events that pass the per-event checks;
+    then their allocations' running totals, created or locked in allocation id order, against
+    which the new events are judged in batch order (those beyond the endpoint's capacity or the
+    max_spend are deleted again, inside this transaction, so never seen); one UPDATE of the
+    totals. Concurrent batches on one allocation queue only for that last part, so the budget is
+    never exceeded and the inserts still run in parallel."""
     now = now or timezone.now()
     oldest, newest = now - MAX_EVENT_AGE, now + CLOCK_SKEW
-    wanted = {e.allocation_id for e in events if e.allocation_id <= _BIGINT}
-    prices = {pk: TokenPrices(hit, miss, out) for pk, hit, miss, out in Allocation.objects.filter(
-        pk__in=wanted, supplier_id=organisation_id, kind="tokens", status__in=USAGE_STATUSES).values_list(
-        "pk", "price_input_hit_per_m", "price_input_miss_per_m", "price_output_per_m")} if wanted else {}
+    late_grace = timedelta(minutes=int(settings.SANDUISAN["USAGE_REPORT_GRACE_MINUTES"]))
+    wanted = sorted({e.allocation_id for e in events if e.allocation_id <= _BIGINT})
     sha256 = hashlib.sha256
     results: list[dict | None] = [None] * len(events)
     hashes: list[str | None] = [None] * len(events)
-    first: dict[str, int] = {}  # event id -> index of its first acceptable occurrence
-    ids, allocations, moments, hits, misses, outs, amounts, digests = [], [], [], [], [], [], [], []
-    for i, (event_id, allocation_id, occurred_at, hit, miss, out) in enumerate(events):
-        allocation_prices = prices.get(allocation_id)
-        if allocation_prices is None:
-            results[i] = {"event_id": event_id, "status": "rejected", "error": {"allocation": [_NO_ALLOCATION]}}
-            continue
-        if occurred_at < oldest or occurred_at > newest:
-            results[i] = {"event_id": event_id, "status": "rejected", "error": {"occurred_at": [_TOO_OLD]}}
-            continue
-        moment = occurred_at.isoformat()
-        # = UsageIn.payload_hash(), inlined
-        hashes[i] = digest = sha256(f'[{allocation_id}, "{moment}", {hit}, {miss}, {out}]'.encode()).hexdigest()
-        if event_id in first:  # a duplicate inside the batch: answered like a replay below
-            continue
-        first[event_id] = i
-        ids.append(event_id)
-        allocations.append(allocation_id)
-        moments.append(moment)
-        hits.append(hit)
-        misses.append(miss)
-        outs.append(out)
-        amounts.append(str(rate_tokens(prices=allocation_prices, input_hit=hit, input_miss=miss, output=out).total))
-        digests.append(digest)
-    created: set[str] = set()
-    stored: dict[str, tuple[str, str]] = {}  # event id -> (payload hash, amount) of rows stored before
-    if ids:
-        join = ",".join
-        with connection.wrap_database_errors, _binary_cursor() as cursor:
+    with transaction.atomic(), connection.wrap_database_errors, _binary_cursor() as cursor:
+        bounds = usage_bounds(organisation_id=organisation_id, allocation_ids=wanted) if wanted else {}
+        first: dict[str, int] = {}  # event id -> index of its first new occurrence in the batch
+        ids, allocations, moments, hits, misses, outs, amounts, digests, costs = [], [], [], [], [], [], [], [], []
+        for i, (event_id, allocation_id, occurred_at, hit, miss, out) in enumerate(events):
+            moment = occurred_at.isoformat()
+            # = UsageIn.payload_hash(), inlined
+            hashes[i] = digest = sha256(f'[{allocation_id}, "{moment}", {hit}, {miss}, {out}]'.encode()).hexdigest()
+            bound = bounds.get(allocation_id)
+            if bound is None:
+                results[i] = _rejected(event_id, "unknown_allocation", "allocation", _NO_ALLOCATION)
+            elif occurred_at < oldest or occurred_at > newest:
+                results[i] = _rejected(event_id, "out_of_period", "occurred_at", _TOO_OLD)
+            elif occurred_at < bound.start - CLOCK_SKEW or occurred_at > bound.end + CLOCK_SKEW:
+                results[i] = _rejected(event_id, "out_of_period", "occurred_at", (
+                    f"Outside the allocation's live period, {bound.start.isoformat()} to {bound.end.isoformat()}."))
+            elif now > bound.end + late_grace:
+                results[i] = _rejected(event_id, "out_of_period", "occurred_at", (
+                    f"Reported too late: usage must arrive within {late_grace} of the allocation's end."))
+            elif event_id not in first:
+                first[event_id] = i
+                ids.append(event_id)
+                allocations.append(allocation_id)
+                moments.append(moment)
+                hits.append(hit)
+                misses.append(miss)
+                outs.append(out)
+                cost = rate_tokens(prices=bound.prices, input_hit=hit, input_miss=miss, output=out).total
+                amounts.append(str(cost))
+                costs.append((cost, hit + miss + out, occurred_at))
+                digests.append(digest)
+        created: set[str] = set()
+        stored: dict[str, tuple[str, str]] = {}  # event id -> (payload hash, amount) of rows stored before
+        if ids:
+            join = ",".join
             cursor.execute(_INSERT, [organisation_id, now, ids, join(map(str, allocations)), join(moments),
                                      join(map(str, hits)), join(map(str, misses)), join(map(str, outs)),
                                      join(amounts), join(digests)], prepare=False)
             created = {row[0] for row in cursor.fetchall()}
-            if len(created) < len(ids):
-                cursor.execute(_STORED, [organisation_id, [e for e in ids if e not in created]], prepare=False)
-                stored = {event_id: (digest, str(amount)) for event_id, digest, amount in cursor.fetchall()}
+        # Rows stored before this batch: ids it did not create, and ids of deliveries it refused.
+        refused_early = [i for i, r in enumerate(results) if r is not None]
+        unknown = {e for e in ids if e not in created} | {events[i].event_id for i in refused_early} - created
+        if unknown:
+            cursor.execute(_STORED, [organisation_id, list(unknown)], prepare=False)
+            stored = {event_id: (digest, str(amount)) for event_id, digest, amount in cursor.fetchall()}
+        live = sorted({allocations[n] for n, e in enumerate(ids) if e in created})
+        if live:
+            cursor.execute(_TOTALS_LOCK, [live], prepare=False)
+            for pk, amount, tokens, latest in cursor.fetchall():
+                bound = bounds[pk]
+                bound.amount, bound.tokens, bound.latest = amount, tokens, latest
+            refused = []
+            for n, event_id in enumerate(ids):
+                if event_id not in created:
+                    continue
+                bound = bounds[allocations[n]]
+                cost, tokens, occurred_at = costs[n]
+                latest = occurred_at if bound.latest is None or occurred_at > bound.latest else bound.latest
+                if bound.tokens + tokens > bound.capacity_at(latest):
+                    bound.implausible += 1
+                    results[first[event_id]] = _rejected(event_id, "implausible", "output_tokens", (
+                        f"More tokens than the endpoint ({bound.per_minute} tokens a minute) could have served "
+                        f"since {bound.start.isoformat()}."))
+                elif bound.amount + cost > bound.max_spend:
+                    bound.over += 1
+                    results[first[event_id]] = _rejected(event_id, "over_budget", "allocation", (
+                        f"The allocation's usage would cost more than its max_spend of {bound.max_spend} CNY "
+                        f"({bound.amount} accepted so far)."))
+                else:
+                    bound.amount += cost
+                    bound.tokens += tokens
+                    bound.latest = latest
+                    bound.added_amount += cost
+                    bound.added_tokens += tokens
+                    continue
+                refused.append(event_id)
+            if refused:
+                cursor.execute(_REFUSED_DELETE, [organisation_id, refused], prepare=False)
+                created.difference_update(refused)
+            cursor.execute(_TOTALS_ADD, [
+                live, [bounds[pk].added_amount for pk in live], [bounds[pk].added_tokens for pk in live],
+                [bounds[pk].latest for pk in live], [bounds[pk].over for pk in live],
+                [bounds[pk].implausible for pk in live]], prepare=False)
+    # A stored id is answered with its first result (a replay or a conflict) even where this
+    # delivery would be refused: stored before the batch, or created earlier in it.
+    for i in refused_early:
+        event_id = events[i].event_id
+        if event_id in stored or (event_id in created and first[event_id] < i):
+            results[i] = None
     mine = {e: (digests[n], amounts[n]) for n, e in enumerate(ids) if e in created}
     for i, result in enumerate(results):
         if result is not None:
             continue
         event_id = events[i].event_id
         original = mine.get(event_id) or stored.get(event_id)
-        if original is None:
-            results[i] = {"event_id": event_id, "status": "rejected", "error": {"event_id": ["Not stored."]}}
+        if original is None and event_id in first:  # a repeat, in this batch, of an event refused above
+            results[i] = {**results[first[event_id]], "event_id": event_id}
+        elif original is None:
+            results[i] = _rejected(event_id, "not_stored", "event_id", "Not stored.")
         elif original[0] != hashes[i]:
-            results[i] = {"event_id": event_id, "status": "conflict", "error": {"event_id": ["Already used with a different payload."]}}
+            results[i] = {"event_id": event_id, "status": "conflict", "code": "idempotency_conflict",
+                          "error": {"event_id": ["Already used with a different payload."]}}
         else:
-            new = first[event_id] == i and event_id in created
+            new = first.get(event_id) == i and event_id in created
             results[i] = {"event_id": event_id, "status": "created" if new else "replayed", "amount": original[1]}
     return results

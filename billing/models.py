@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from marketplace.models import Organisation
 
@@ -247,3 +248,111 @@ class InvoiceLine(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+class MoneyApproval(models.Model):
+    """A top-up or refund above ``SANDUISAN["SECOND_APPROVAL_ABOVE"]``: requested by one admin,
+    carried out only when a second, different admin with the same permission approves it.
+    ``(kind, organisation, reference)`` is unique: the reference is the owner's, as on the
+    operation itself. Its Meta also holds the money permissions every admin action checks."""
+
+    class Kind(models.TextChoices):
+        TOP_UP = "top_up"
+        REFUND = "refund"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # Whose money: the wallet topped up, or the buyer of the refunded charge.
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    charge = models.ForeignKey("Charge", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    amount = models.DecimalField(**AMOUNT)
+    reference = models.CharField(max_length=150)
+    reason = models.CharField(max_length=250, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.CharField(max_length=2000, blank=True)
+    # What approving produced: the top-up transfer or the refund charge.
+    transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "organisation", "reference"], name="moneyapproval_unique_ref"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="moneyapproval_amount_positive"),
+            # The database itself refuses a request approved by its own requester.
+            models.CheckConstraint(condition=Q(decided_by__isnull=True) | ~Q(decided_by=models.F("requested_by")),
+                                   name="moneyapproval_second_admin"),
+        ]
+        permissions = [("top_up_wallet", "Can top up wallets"), ("pay_out", "Can pay suppliers out"),
+                       ("refund_charge", "Can refund charges"), ("resolve_dispute", "Can resolve disputes")]
+
+
+class TokenUsageTotal(models.Model):
+    """What a token allocation's accepted usage events add up to, kept by metering as it accepts
+    them (one row per allocation, locked by each batch that reports on it): the bound checks
+    against ``max_spend`` and the endpoint's capacity read this row, never a sum over events.
+    Settlement never locks it."""
+
+    allocation = models.OneToOneField("marketplace.Allocation", primary_key=True, on_delete=models.PROTECT,
+                                      related_name="token_usage")
+    amount = models.DecimalField(default=Decimal(0), **AMOUNT)
+    tokens = models.BigIntegerField(default=0)
+    # The latest occurred_at accepted: capacity is judged at the latest moment reported, so
+    # events reported out of order are not refused for it.
+    latest_occurred_at = models.DateTimeField(null=True, blank=True)
+    refused_over_budget = models.BigIntegerField(default=0)
+    refused_implausible = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gte=0) & Q(tokens__gte=0),
+                                              name="tokenusagetotal_nonnegative")]
+
+
+class Dispute(models.Model):
+    """A buyer contests (part of) a charge within the dispute window. While it is open (or its
+    refund waits for a second admin) the supplier's share of the amount is withheld from its
+    payouts; an admin with ``billing.resolve_dispute`` refunds it (in full or part) or rejects it.
+    ``(buyer, reference)`` is unique: a buyer's reference names one dispute."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        AWAITING_APPROVAL = "awaiting_approval"  # a refund above the threshold waits for a second admin
+        REFUNDED = "refunded"
+        REJECTED = "rejected"
+
+    WITHHOLDING = (Status.OPEN, Status.AWAITING_APPROVAL)
+
+    charge = models.ForeignKey(Charge, on_delete=models.PROTECT, related_name="disputes")
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="disputes_raised")
+    supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="disputes_against")
+    reference = models.CharField(max_length=150)
+    amount = models.DecimalField(**AMOUNT)  # disputed, to the buyer
+    withheld = models.DecimalField(**AMOUNT)  # the supplier's share of it, kept from payouts while open
+    reason = models.CharField(max_length=2000)
+    status = models.CharField(max_length=18, choices=Status.choices, default=Status.OPEN)
+    refunded = models.DecimalField(default=Decimal(0), **AMOUNT)
+    refund = models.ForeignKey(Charge, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    approval = models.ForeignKey(MoneyApproval, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution_reason = models.CharField(max_length=2000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["buyer", "reference"], name="dispute_unique_ref_per_buyer"),
+            # One dispute at a time per charge.
+            models.UniqueConstraint(fields=["charge"], condition=Q(status__in=["open", "awaiting_approval"]),
+                                    name="dispute_one_open_per_charge"),
+            models.CheckConstraint(condition=Q(amount__gt=0) & Q(withheld__gte=0) & Q(withheld__lte=F("amount"))
+                                   & Q(refunded__gte=0) & Q(refunded__lte=F("amount")), name="dispute_amounts_valid"),
+        ]

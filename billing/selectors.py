@@ -6,7 +6,7 @@ from django.utils import timezone
 from config.errors import NotFound
 from marketplace.models import Allocation, Organisation
 
-from .models import Account, AllocationMeter, Charge, Invoice
+from .models import Account, AllocationMeter, Charge, Hold, Invoice, TokenUsageTotal
 from .settlement import metered_seconds
 
 
@@ -46,7 +46,22 @@ def meter_figures(*, allocation: Allocation, meter: AllocationMeter, now=None) -
     return {"allocation": allocation.pk, "status": allocation.status, "started_at": meter.started_at,
             "last_heartbeat_at": meter.last_heartbeat_at, "stopped_at": meter.stopped_at,
             "metered_minutes": metered_seconds(meter=meter, allocation=allocation, now=now or timezone.now()) // 60,
-            "billed_minutes": meter.billed_minutes, "billed_amount": meter.billed_amount}
+            "billed_minutes": meter.billed_minutes, "billed_amount": meter.billed_amount,
+            "budget": token_budget(allocation=allocation) if allocation.kind == "tokens" else None}
+
+
+def token_budget(*, allocation: Allocation) -> dict:
+    """A token allocation against what its buyer agreed to: ``max_spend`` (the order's, else its
+    hold), what accepted usage costs so far, what is left, and whether it is out of budget (usage
+    was refused for it, or nothing is left)."""
+    max_spend = allocation.order.max_spend
+    if max_spend is None:
+        max_spend = Hold.objects.filter(allocation=allocation).values_list("amount", flat=True).first() or Decimal(0)
+    total = TokenUsageTotal.objects.filter(allocation=allocation).first() or TokenUsageTotal(allocation=allocation)
+    remaining = max(Decimal(0), max_spend - total.amount)
+    return {"max_spend": max_spend, "accepted_amount": total.amount, "accepted_tokens": total.tokens,
+            "remaining": remaining, "out_of_budget": total.refused_over_budget > 0 or remaining == 0,
+            "refused_over_budget": total.refused_over_budget, "refused_implausible": total.refused_implausible}
 
 
 def charge_list(*, organisation: Organisation) -> QuerySet[Charge]:

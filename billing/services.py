@@ -197,11 +197,13 @@ def allocation_max_cost(*, order, cards: int, hours: int) -> Decimal:
     """What an allocation of ``order`` can cost at most, which its hold reserves: the order's
     price limit for every card-hour, or its expected tokens at its per-token limits."""
     if order.kind == "tokens":
-        return max_cost_tokens(
+        expected = max_cost_tokens(
             max_prices=TokenPrices(order.max_price_input_hit_per_m, order.max_price_input_miss_per_m,
                                    order.max_price_output_per_m),
             expected_input=order.expected_input_tokens or 0, expected_output=order.expected_output_tokens or 0,
             cache_hit_ratio=order.expected_cache_hit_ratio or Decimal(0))
+        # Never hold more than the buyer may ever be charged for the allocation.
+        return expected if order.max_spend is None else min(expected, exact(order.max_spend))
     return max_cost_card_hours(max_price_per_card_hour=order.max_price_per_card_hour, cards=cards, hours=hours)
 
 

@@ -13,21 +13,29 @@ from rest_framework.views import APIView
 
 from config.api.filters import IdFilter, OpaqueIdFilterSet
 from config.api.jsonable import jsonable
+from config.api.responses import errors
 from config.errors import NotFound
 from lifecycle import services as lifecycle
 from lifecycle.figures import buyer_figures, supplier_figures
-from marketplace.actors import actor_for_request
+from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.models import Organisation
 from marketplace.permissions import IsPlatformAdmin
 
-from . import invoicing, selectors, settlement
+from . import admin_services, invoicing, selectors, settlement
+from .apis import MoneyApprovalOutput
 from .models import Charge, Invoice, InvoiceLine
 
 MeterOutput = inline_serializer("AllocationMeter", {
     "allocation": serializers.IntegerField(), "status": serializers.CharField(),
     "started_at": serializers.DateTimeField(allow_null=True), "last_heartbeat_at": serializers.DateTimeField(allow_null=True),
     "stopped_at": serializers.DateTimeField(allow_null=True), "metered_minutes": serializers.IntegerField(),
-    "billed_minutes": serializers.IntegerField(), "billed_amount": serializers.DecimalField(30, 12)})
+    "billed_minutes": serializers.IntegerField(), "billed_amount": serializers.DecimalField(30, 12),
+    "budget": inline_serializer("TokenBudget", {
+        "max_spend": serializers.DecimalField(30, 12), "accepted_amount": serializers.DecimalField(30, 12),
+        "accepted_tokens": serializers.IntegerField(), "remaining": serializers.DecimalField(30, 12),
+        "out_of_budget": serializers.BooleanField(), "refused_over_budget": serializers.IntegerField(),
+        "refused_implausible": serializers.IntegerField()}, allow_null=True,
+        help_text="token allocations: usage against the order's max_spend; null for card-hours")})
 
 
 class AllocationMeterApi(APIView):
@@ -130,14 +138,16 @@ class AdminPayoutApi(APIView):
         reference = serializers.CharField(max_length=150)
 
     @extend_schema(request=PayoutInput, responses={201: inline_serializer(
-        "Payout", {"id": serializers.IntegerField(), "amount": serializers.DecimalField(30, 12)})})
+        "Payout", {"id": serializers.IntegerField(), "amount": serializers.DecimalField(30, 12)}),
+        **errors(400, 401, 403, 404, 409)})
     def post(self, request, organisation_id: int):
         if not Organisation.objects.filter(pk=organisation_id).exists():
             raise NotFound("No such organisation.")
         data = self.PayoutInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        transfer = invoicing.payout_create(organisation_id=organisation_id,
-                                           reference=f"admin:{data.validated_data['reference']}")
+        transfer = admin_services.payout_by_admin(actor=admin_actor_for_request(request),
+                                                  organisation_id=organisation_id,
+                                                  reference=data.validated_data["reference"])
         paid = transfer.entries.filter(account__kind="external").values_list("amount", flat=True).first()
         return Response(jsonable({"id": transfer.pk, "amount": paid}), status=status.HTTP_201_CREATED)
 
@@ -152,14 +162,19 @@ class AdminRefundApi(APIView):
         reason = serializers.CharField(max_length=250)
         reference = serializers.CharField(max_length=150)
 
-    @extend_schema(request=RefundInput, responses={201: inline_serializer(
-        "Refund", {"id": serializers.IntegerField(), "amount": serializers.DecimalField(30, 12)})})
+    @extend_schema(request=RefundInput, responses={
+        201: inline_serializer("Refund", {"id": serializers.IntegerField(), "amount": serializers.DecimalField(30, 12)}),
+        202: OpenApiResponse(MoneyApprovalOutput, description=(
+            "above the second-approval threshold: a request another admin must approve")),
+        **errors(400, 401, 403, 404, 409)})
     def post(self, request, charge_id: int):
         data = self.RefundInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        refund = invoicing.charge_refund(charge_id=charge_id, amount=data.validated_data["amount"],
-                                         reason=data.validated_data["reason"],
-                                         reference=f"admin:{data.validated_data['reference']}")
+        outcome = admin_services.refund_by_admin(actor=admin_actor_for_request(request), charge_id=charge_id,
+                                                 **data.validated_data)
+        if outcome.approval is not None:
+            return Response(MoneyApprovalOutput(outcome.approval).data, status=status.HTTP_202_ACCEPTED)
+        refund = outcome.charge
         return Response(jsonable({"id": refund.pk, "amount": refund.amount}), status=status.HTTP_201_CREATED)
 
 

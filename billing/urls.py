@@ -1,10 +1,13 @@
 from django.urls import path
 
-from . import apis, settlement_apis
+from . import apis, dispute_apis, settlement_apis
 
 urlpatterns = [
     path("wallet", apis.WalletApi.as_view(), name="wallet"),
     path("admin/organisations/<int:organisation_id>/top-ups", apis.AdminTopUpApi.as_view(), name="admin-top-up"),
+    path("admin/approvals", apis.MoneyApprovalListApi.as_view(), name="admin-approvals"),
+    *[path(f"admin/approvals/<int:approval_id>/{decision}", apis.MoneyApprovalDecideApi.as_view(decision=decision),
+           name=f"admin-approval-{decision}") for decision in ("approve", "reject")],
 ]
 urlpatterns += [
     path("usage-events", apis.UsageEventApi.as_view(), name="usage-event"),
@@ -23,4 +26,12 @@ urlpatterns += [
     path("admin/organisations/<int:organisation_id>/payouts", settlement_apis.AdminPayoutApi.as_view(),
          name="admin-payout"),
     path("admin/charges/<int:charge_id>/refund", settlement_apis.AdminRefundApi.as_view(), name="admin-refund"),
+]
+urlpatterns += [
+    path("charges/<int:charge_id>/dispute", dispute_apis.ChargeDisputeApi.as_view(), name="charge-dispute"),
+    path("disputes", dispute_apis.DisputeListApi.as_view(), name="disputes"),
+    path("disputes/<int:dispute_id>", dispute_apis.DisputeDetailApi.as_view(), name="dispute-detail"),
+    path("admin/disputes", dispute_apis.AdminDisputeListApi.as_view(), name="admin-disputes"),
+    path("admin/disputes/<int:dispute_id>/resolve", dispute_apis.AdminDisputeResolveApi.as_view(),
+         name="admin-dispute-resolve"),
 ]

@@ -12,7 +12,8 @@ from django.views.decorators.http import require_POST
 
 from config.errors import ApplicationError
 from gateway import selectors as gateway
-from lifecycle import services as lifecycle
+from lifecycle import admin_services as lifecycle_admin
+from marketplace.actors import admin_actor_for_request
 
 from . import selectors
 
@@ -29,13 +30,14 @@ def dashboard(request):
 @staff_member_required
 @require_POST
 def review_decide(request, review_id: int, decision: str):
-    decide = {"approve": (lifecycle.review_approve, "approved"), "reject": (lifecycle.review_reject, "rejected")}
-    if decision not in decide:
+    done = {"approve": "approved", "reject": "rejected"}
+    if decision not in done:
         return HttpResponse(status=404)
-    service, done = decide[decision]
     try:
-        service(review_id=review_id, admin_user_id=request.user.pk, reason=request.POST.get("reason", ""))
-        messages.success(request, f"Match review {review_id} {done}.")
+        # Needs matching.decide_review like the API: is_staff only opens the page.
+        lifecycle_admin.review_decide(actor=admin_actor_for_request(request), review_id=review_id, decision=decision,
+                                     reason=request.POST.get("reason", ""))
+        messages.success(request, f"Match review {review_id} {done[decision]}.")
     except ApplicationError as exc:
         messages.error(request, f"Review {review_id}: {exc.message}")
     return redirect("dashboard:index")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit.services import AdminActor
 from config.errors import PermissionDenied
 
 from .models import Organisation, Role
@@ -66,3 +67,8 @@ def actor_for_request(request) -> Actor:
         actor = Actor(organisation=None, role=None)
     request._sanduisan_actor = actor
     return actor
+
+
+def admin_actor_for_request(request) -> AdminActor:
+    """The admin user behind a request and the request's id, for permission checks and the audit log."""
+    return AdminActor(user_id=request.user.pk, request_id=getattr(request, "request_id", ""))

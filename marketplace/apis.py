@@ -133,6 +133,10 @@ class TokensInput(serializers.Serializer):
     expected_cache_hit_ratio = serializers.DecimalField(max_digits=5, decimal_places=4, min_value=Decimal(0),
                                                         max_value=Decimal(1), default=Decimal(0))
     max_prices = TokenMaxPricesInput()
+    max_spend = serializers.DecimalField(
+        max_digits=24, decimal_places=6, min_value=Decimal("0.01"), max_value=Decimal("1000000000"), required=False,
+        allow_null=True, help_text=("The most one allocation may cost (CNY). Usage beyond it is refused, never "
+                                    "charged. Default (null): the order's hold, its expected maximum cost."))
     region = RegionPolicyInput(required=False)
     workload = WorkloadInput(required=False)
 
@@ -143,7 +147,7 @@ class TokensInput(serializers.Serializer):
             expected_output_tokens=data["expected_output_tokens"],
             expected_cache_hit_ratio=data["expected_cache_hit_ratio"],
             max_price_input_hit_per_m=prices["input_hit_per_m"], max_price_input_miss_per_m=prices["input_miss_per_m"],
-            max_price_output_per_m=prices["output_per_m"],
+            max_price_output_per_m=prices["output_per_m"], max_spend=data.get("max_spend"),
             region=RegionPolicyInput().to_spec(data.get("region") or {}),
         )
 
@@ -327,6 +331,10 @@ class TokenEndpointIO(serializers.Serializer):
     price_input_hit_per_m = _price()
     price_input_miss_per_m = _price()
     price_output_per_m = _price()
+    tokens_per_minute = serializers.IntegerField(
+        min_value=1, max_value=10**12, help_text=(
+            "What the endpoint can serve, input plus output tokens per minute. Required on new endpoints: "
+            "usage beyond what it could have served since an allocation started is refused as implausible."))
 
 
 class ListingOutput(serializers.ModelSerializer):
@@ -346,7 +354,8 @@ class ListingOutput(serializers.ModelSerializer):
         return {"model": listing.token_model.name,
                 "price_input_hit_per_m": str(listing.price_input_hit_per_m),
                 "price_input_miss_per_m": str(listing.price_input_miss_per_m),
-                "price_output_per_m": str(listing.price_output_per_m)}
+                "price_output_per_m": str(listing.price_output_per_m),
+                "tokens_per_minute": listing.tokens_per_minute}
 
     def get_card_hours(self, listing: Listing) -> dict:
         return selectors.listing_card_hours(listing=listing)
@@ -430,7 +439,7 @@ class OrderOutput(serializers.ModelSerializer):
         fields = ["id", "kind", "status", "status_reason", "chip_rule", "chip_options", "min_memory_gb", "model_fit",
                   "cards", "placement", "interconnects", "duration_hours", "window", "max_price_per_card_hour",
                   "token_model", "expected_input_tokens", "expected_output_tokens", "expected_cache_hit_ratio",
-                  "max_prices", "region", "workload", "created_at", "updated_at"]
+                  "max_prices", "max_spend", "region", "workload", "created_at", "updated_at"]
 
     def get_chip_options(self, order: Order) -> list[dict]:
         return [{"chip": o.chip.code, "cards": o.cards} for o in order.chip_options.all()]

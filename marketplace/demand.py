@@ -60,6 +60,8 @@ class TokensDemand:
     max_price_output_per_m: Decimal
     expected_cache_hit_ratio: Decimal = Decimal(0)
     region: RegionPolicySpec = field(default_factory=RegionPolicySpec)
+    # The most one allocation may cost the buyer (CNY); None: its hold (the expected maximum cost).
+    max_spend: Decimal | None = None
 
 
 @dataclass

@@ -160,6 +160,9 @@ class TokenEndpoint:
     price_input_hit_per_m: Decimal
     price_input_miss_per_m: Decimal
     price_output_per_m: Decimal
+    # What the endpoint can serve (input + output tokens per minute); None on rows older than
+    # the field, read as the default per card (README "Money").
+    tokens_per_minute: int | None = None
 
 
 def listing_create(*, organisation: Organisation, node_id: int, cards: int, start, end,
@@ -212,6 +215,7 @@ def listing_create(*, organisation: Organisation, node_id: int, cards: int, star
             price_input_hit_per_m=token_endpoint.price_input_hit_per_m if token_endpoint else None,
             price_input_miss_per_m=token_endpoint.price_input_miss_per_m if token_endpoint else None,
             price_output_per_m=token_endpoint.price_output_per_m if token_endpoint else None,
+            tokens_per_minute=token_endpoint.tokens_per_minute if token_endpoint else None,
         )
         ListingHour.objects.bulk_create([
             ListingHour(listing=listing, node=node, hour=h, node_cards=node.card_count, cards_offered=cards)
@@ -373,7 +377,7 @@ def order_create_tokens(*, organisation: Organisation, demand: TokensDemand, wor
             expected_cache_hit_ratio=demand.expected_cache_hit_ratio,
             max_price_input_hit_per_m=demand.max_price_input_hit_per_m,
             max_price_input_miss_per_m=demand.max_price_input_miss_per_m,
-            max_price_output_per_m=demand.max_price_output_per_m,
+            max_price_output_per_m=demand.max_price_output_per_m, max_spend=demand.max_spend,
             region_policy=demand.region.policy, center_lat=demand.region.lat, center_lon=demand.region.lon,
             radius_km=demand.region.radius_km, **(workload or {}),
         )

@@ -2,7 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 
 from config.errors import ApplicationError
-from lifecycle import services as lifecycle
+from lifecycle import admin_services
+from marketplace.actors import admin_actor_for_request
 from marketplace.admin import NodeAdmin
 
 from .models import FailureImpact, MatchReview, MatchRound, NodeFailure, RejectedPairing, ReviewPolicy
@@ -52,10 +53,9 @@ class MatchReviewAdmin(admin.ModelAdmin):
         decision = form.cleaned_data.get("decision")
         reason = form.cleaned_data.get("reason", "")
         try:
-            if decision == "approve":
-                lifecycle.review_approve(review_id=obj.pk, admin_user_id=request.user.pk, reason=reason)
-            elif decision == "reject":
-                lifecycle.review_reject(review_id=obj.pk, admin_user_id=request.user.pk, reason=reason)
+            if decision:
+                admin_services.review_decide(actor=admin_actor_for_request(request), review_id=obj.pk,
+                                             decision=decision, reason=reason)
         except ApplicationError as exc:
             self.message_user(request, exc.message, level=messages.ERROR)
 
@@ -64,8 +64,8 @@ class MatchReviewAdmin(admin.ModelAdmin):
         done = 0
         for review in queryset.filter(status=MatchReview.Status.PENDING):
             try:
-                lifecycle.review_approve(review_id=review.pk, admin_user_id=request.user.pk,
-                                         reason="approved from the review list")
+                admin_services.review_decide(actor=admin_actor_for_request(request), review_id=review.pk,
+                                             decision="approve", reason="approved from the review list")
                 done += 1
             except ApplicationError as exc:
                 self.message_user(request, f"review {review.pk}: {exc.message}", level=messages.WARNING)
@@ -118,8 +118,8 @@ class RejectedPairingAdmin(admin.ModelAdmin):
 def mark_failed(modeladmin, request, queryset):
     for node in queryset:
         try:
-            failure = lifecycle.node_fail(node_id=node.pk, reason="marked failed by a platform admin",
-                                          reported_by_id=request.user.pk)
+            failure = admin_services.node_fail_by_admin(actor=admin_actor_for_request(request), node_id=node.pk,
+                                                        reason="marked failed by a platform admin")
             modeladmin.message_user(request, f"{node.name}: {failure.impacts.count()} allocation(s) re-matched.")
         except ApplicationError as exc:
             modeladmin.message_user(request, f"{node.name}: {exc.message}", level=messages.WARNING)

@@ -9,9 +9,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.jsonable import jsonable
+from config.api.responses import ErrorOutput, errors
 from config.errors import NotFound
+from lifecycle import admin_services
 from lifecycle import services as lifecycle
-from marketplace.actors import actor_for_request
+from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.permissions import IsPlatformAdmin
 
 from . import selectors, services
@@ -58,14 +60,16 @@ class NodeFailApi(APIView):
 
 
 class AdminNodeFailApi(APIView):
+    """Fail a supplier's node on its behalf (permission ``matching.fail_node``)."""
+
     permission_classes = [IsPlatformAdmin]
 
-    @extend_schema(request=ReasonInput, responses={201: NodeFailureOutput})
+    @extend_schema(request=ReasonInput, responses={201: NodeFailureOutput, **errors(400, 401, 403, 404, 409)})
     def post(self, request, node_id: int):
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        failure = lifecycle.node_fail(node_id=node_id, organisation=None, reason=data.validated_data["reason"],
-                                      reported_by_id=request.user.pk)
+        failure = admin_services.node_fail_by_admin(actor=admin_actor_for_request(request), node_id=node_id,
+                                                    reason=data.validated_data["reason"])
         return Response(NodeFailureOutput(failure).data, status=status.HTTP_201_CREATED)
 
 
@@ -114,36 +118,38 @@ class ReviewDetailApi(APIView):
         return Response(ReviewOutput(review).data)
 
 
-REVIEW_CLOSED = OpenApiResponse(description="already decided or withdrawn (invalid_transition), or past its "
+REVIEW_CLOSED = OpenApiResponse(ErrorOutput, description="already decided or withdrawn (invalid_transition), or past its "
                                             "deadline (review_expired)")
 
 
 class ReviewApproveApi(APIView):
+    """Approve a flagged match (permission ``matching.decide_review``)."""
+
     permission_classes = [IsPlatformAdmin]
 
-    @extend_schema(request=ReasonInput, responses={200: ReviewOutput, 404: OpenApiResponse(description="no such review"),
-                                                   409: REVIEW_CLOSED})
+    @extend_schema(request=ReasonInput, responses={200: ReviewOutput, **errors(400, 401, 403, 404), 409: REVIEW_CLOSED})
     def post(self, request, review_id: int):
         data = ReasonInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        review = lifecycle.review_approve(review_id=review_id, admin_user_id=request.user.pk,
-                                          reason=data.validated_data["reason"])
+        review = admin_services.review_decide(actor=admin_actor_for_request(request), review_id=review_id,
+                                              decision="approve", reason=data.validated_data["reason"])
         return Response(ReviewOutput(review).data)
 
 
 class ReviewRejectApi(APIView):
+    """Reject a flagged match, with a reason (permission ``matching.decide_review``)."""
+
     permission_classes = [IsPlatformAdmin]
 
     class RejectInput(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
 
-    @extend_schema(request=RejectInput, responses={200: ReviewOutput, 404: OpenApiResponse(description="no such review"),
-                                                   409: REVIEW_CLOSED})
+    @extend_schema(request=RejectInput, responses={200: ReviewOutput, **errors(400, 401, 403, 404), 409: REVIEW_CLOSED})
     def post(self, request, review_id: int):
         data = self.RejectInput(data=request.data or {})
         data.is_valid(raise_exception=True)
-        review = lifecycle.review_reject(review_id=review_id, admin_user_id=request.user.pk,
-                                         reason=data.validated_data["reason"])
+        review = admin_services.review_decide(actor=admin_actor_for_request(request), review_id=review_id,
+                                              decision="reject", reason=data.validated_data["reason"])
         return Response(ReviewOutput(review).data)
 
 

@@ -80,6 +80,9 @@ class MatchReview(models.Model):
             models.CheckConstraint(condition=Q(status="pending") | Q(decided_at__isnull=False),
                                    name="matchreview_decided_has_time"),
         ]
+        # Checked by every admin decision (API, admin site, dashboard): is_staff alone is not enough.
+        permissions = [("decide_review", "Can approve or reject flagged matches"),
+                       ("fail_node", "Can mark a supplier's node failed")]
 
     def __str__(self) -> str:
         return f"review of allocation {self.allocation_id} ({self.status})"

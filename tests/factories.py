@@ -58,3 +58,16 @@ def make_listing(node: Node, *, hours: int = 24, start=None, cards: int | None =
     return services.listing_create(organisation=node.organisation, node_id=node.pk, cards=cards or node.card_count,
                                    start=start, end=start + timedelta(hours=hours), ask_per_card_hour=Decimal(ask),
                                    **kwargs)
+
+
+def admin_user(username: str = "ops", *permissions: str, password: str = "x"):
+    """A staff user holding exactly ``permissions`` (``app_label.codename``): ``is_staff`` alone
+    lets an admin in, never act."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username=username, password=password, is_staff=True)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return get_user_model().objects.get(pk=user.pk)  # a fresh instance: no stale permission cache

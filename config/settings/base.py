@@ -36,12 +36,14 @@ INSTALLED_APPS = [
     "matching",
     "billing",
     "lifecycle",
+    "audit",
     "gateway",
     "dashboard",
     "config.api",
 ]
 
 MIDDLEWARE = [
+    "config.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.api.limits.ApiRequestLimitsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -241,6 +243,16 @@ SANDUISAN = {
     # A flagged match not decided within this many hours of the round (or before its allocation
     # would start, whichever is first) expires: its slots and hold are released (README "Review").
     "REVIEW_TIMEOUT_HOURS": float(os.environ.get("SANDUISAN_REVIEW_TIMEOUT_HOURS", "12")),
+    # Token usage (README "Money"): reports must arrive within this many minutes of the
+    # allocation's end; an endpoint listed before tokens_per_minute existed serves this many
+    # tokens a minute per card.
+    "USAGE_REPORT_GRACE_MINUTES": int(os.environ.get("SANDUISAN_USAGE_REPORT_GRACE_MINUTES", "60")),
+    "DEFAULT_TOKENS_PER_MINUTE_PER_CARD": 1_000_000,
+    # A buyer may dispute a charge for this many days after it is booked.
+    "DISPUTE_WINDOW_DAYS": int(os.environ.get("SANDUISAN_DISPUTE_WINDOW_DAYS", "30")),
+    # Separation of duties (README "Money"): a top-up or refund above this many CNY is only a
+    # request until a second, different admin with the same permission approves it.
+    "SECOND_APPROVAL_ABOVE": os.environ.get("SANDUISAN_SECOND_APPROVAL_ABOVE", "10000"),
     # Crash tests only: hold a round's transaction open this long before it commits.
     "PERSIST_PAUSE_SECONDS": float(os.environ.get("SANDUISAN_PERSIST_PAUSE_SECONDS", "0")),
 }

@@ -26,14 +26,21 @@ def card_hour_allocation(supplier, buyer_client, *, cards=8, hours=3, bid="12.5"
     return Allocation.objects.get(order=order, status="confirmed")
 
 
-def token_allocation(supplier, buyer_client, **order_overrides) -> Allocation:
-    """One token allocation on a DeepSeek-V3 endpoint priced 0.5 / 2 / 8 CNY per million."""
+def token_allocation(supplier, buyer_client, *, started_hours_ago: int = 0, tokens_per_minute: int = 10**9,
+                     **order_overrides) -> Allocation:
+    """One token allocation on a DeepSeek-V3 endpoint priced 0.5 / 2 / 8 CNY per million, serving
+    ``tokens_per_minute``; live from the start of the current hour, or ``started_hours_ago``."""
     node = NodeFactory(organisation=supplier)
-    make_listing(node, token_endpoint=market.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"), Decimal("8")))
+    make_listing(node, token_endpoint=market.TokenEndpoint("DeepSeek-V3", Decimal("0.5"), Decimal("2"), Decimal("8"),
+                                                           tokens_per_minute=tokens_per_minute))
     response = buyer_client.post("/api/v1/orders", tokens_body(**order_overrides), format="json")
     assert response.status_code == 201, response.content
     matching.round_run(bucket="tokens")
-    return Allocation.objects.get(order_id=response.json()["id"], kind="tokens")
+    allocation = Allocation.objects.get(order_id=response.json()["id"], kind="tokens")
+    if started_hours_ago:
+        Allocation.objects.filter(pk=allocation.pk).update(start_hour=allocation.start_hour - started_hours_ago)
+        allocation.refresh_from_db()
+    return allocation
 
 
 def minutes_into(allocation: Allocation, minutes: float):

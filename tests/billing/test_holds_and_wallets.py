@@ -3,7 +3,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db.models import Sum
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -12,7 +11,7 @@ from billing import services
 from billing.models import Account, Entry, Hold
 from billing.tasks import holds_expire
 
-from tests.factories import OrganisationFactory
+from tests.factories import OrganisationFactory, admin_user
 from tests.marketplace.helpers import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -66,7 +65,7 @@ def test_short_funds_hold_nothing_and_holds_expire_on_their_own():
 def test_wallet_api_and_admin_top_up(client_for):
     buyer_client = client_for(is_supplier=False, is_buyer=True, funds=0)
     admin = APIClient()
-    admin.force_authenticate(get_user_model().objects.create_user(username="ops", password="x", is_staff=True))
+    admin.force_authenticate(admin_user("ops", "billing.top_up_wallet"))
     org = buyer_client.organisation
     assert buyer_client.get("/api/v1/wallet").json() == {"currency": "CNY", "available": "0", "held": "0"}
     url = f"/api/v1/admin/organisations/{org.pk}/top-ups"

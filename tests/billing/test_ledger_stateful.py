@@ -22,6 +22,14 @@ the supplier's payable, then its receivable, repaid from its next earnings). Inv
 platform's accounts never fund a credit, no allocation joins an organisation with itself or a
 related party, and the books balance after every step.
 
+Adversaries (issue 9): a supplier over-reporting (more than its endpoint can serve, more than
+the buyer's max_spend) or reporting outside the allocation's live period, buyers disputing
+charges and admins refunding or rejecting them, staff without the operation's permission, and a
+large top-up waiting for a second admin. Their invariants: no token allocation costs more than
+its max_spend, no buyer is charged more than the sum of its max_spend and other holds, metering's
+running totals equal the stored events, disputes match the model and payouts leave what open
+disputes withhold.
+
 Two bugs it found are pinned by the regression tests at the end (the machine leaves those two
 cases to them).
 """
@@ -40,17 +48,19 @@ from django.utils import timezone
 from hypothesis import HealthCheck, Phase, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from billing import invoicing, settlement, services
+from audit.services import AdminActor
+from billing import admin_services, disputes, invoicing, settlement, services
 from billing.metering import UsageIn, usage_record_batch
-from billing.models import Account, Charge, Entry, Hold, Invoice, InvoiceLine, Transfer, UsageEvent
-from config.errors import Conflict, ValidationFailed
+from billing.models import (Account, Charge, Dispute, Entry, Hold, Invoice, InvoiceLine, TokenUsageTotal, Transfer,
+                            UsageEvent)
+from config.errors import Conflict, PermissionDenied, ValidationFailed
 from lifecycle import services as lifecycle
 from marketplace import services as market
 from marketplace.hours import hour_start
-from marketplace.models import Allocation, RelatedParty
+from marketplace.models import Allocation, Organisation, RelatedParty
 from matching import services as matching
 
-from tests.factories import NodeFactory, OrganisationFactory, make_listing
+from tests.factories import NodeFactory, OrganisationFactory, admin_user, make_listing
 from tests.marketplace.helpers import tokens_body
 from tests.matching.helpers import post_order
 
@@ -67,6 +77,10 @@ COMMISSION, ROUNDING, EXTERNAL = (Account.Kind.PLATFORM_COMMISSION, Account.Kind
                                   Account.Kind.EXTERNAL)
 # Buyer 0 starts with exactly its token allocation's 32.25 hold, so its wallet is empty.
 SEED_FUNDS = (Decimal("32.25"), Decimal("50"))
+# What each buyer agreed to: buyer 0 at most 60 CNY, live for two days; buyer 1 at most 1,000 CNY,
+# live for eight days; endpoints serving a billion and a million tokens a minute.
+AGREEMENTS = ({"max_spend": "60", "started_hours_ago": 48, "tokens_per_minute": 10**9},
+              {"max_spend": "1000", "started_hours_ago": 8 * 24, "tokens_per_minute": 10**6})
 TOKEN_KINDS = (Charge.Kind.INPUT_HIT, Charge.Kind.INPUT_MISS, Charge.Kind.OUTPUT)
 
 
@@ -117,12 +131,19 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.buyers, self.allocations, self.prices = [], {}, {}
             self.clients = {}  # buyer -> its API client
             self.flows = {}  # buyer -> top-ups, refunds, rounding credits, service credits, charged
-            for seed in SEED_FUNDS:
+            self.bounds = {}  # allocation -> what the buyer agreed to, and what was accepted so far
+            for seed, agreed in zip(SEED_FUNDS, AGREEMENTS):
                 client = client_for(is_supplier=False, is_buyer=True, funds=0)
                 buyer = client.organisation.pk
                 self.clients[buyer] = client
                 services.wallet_top_up(organisation_id=buyer, amount=seed, reference=f"seed:{buyer}")
-                allocation = token_allocation(self.supplier_org, client)
+                allocation = token_allocation(self.supplier_org, client, **agreed)
+                self.bounds[allocation.pk] = {
+                    "start": hour_start(allocation.start_hour), "end": hour_start(allocation.end_hour),
+                    # the round may have matched the order to an endpoint listed earlier
+                    "per_minute": allocation.parts.get().listing.tokens_per_minute,
+                    "max_spend": Decimal(agreed["max_spend"]),
+                    "amount": ZERO, "tokens": 0, "latest": None}
                 self.buyers.append(buyer)
                 self.allocations[buyer] = allocation.pk
                 self.prices[allocation.pk] = (allocation.price_input_hit_per_m, allocation.price_input_miss_per_m,
@@ -148,6 +169,8 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.last_charge = 0  # the highest charge id the model has seen
             self.refund_refs = {}  # reference -> (charge id, refund charge id)
             self.payout_refs = set()
+            self.disputes = {}  # dispute id -> charge, amount, withheld, status
+            self.resolver = None
             self.periods = {}  # (organisation, kind) -> last period end
             self.invoices = 0
             self.rate = settlement.commission_rate()
@@ -202,6 +225,21 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             self.flows[buyer]["charged"] += amount
             if hold is not None:
                 hold["posted"] += from_hold
+
+        def refunded(self, charge: dict, amount: Decimal, fee: Decimal, refund: Charge) -> None:
+            """A refund of ``amount`` of ``charge`` was booked as ``refund``: the supplier and the
+            platform give back their shares, the buyer's wallet gets it all."""
+            assert (refund.kind, refund.amount, refund.commission) == (Charge.Kind.REFUND, -amount, -fee)
+            buyer = charge["buyer"]
+            self.move(self.supplier, PAYABLE, -(amount - fee))
+            self.move(None, COMMISSION, -fee)
+            self.move(buyer, WALLET, amount)
+            self.flows[buyer]["refunds"] += amount
+            charge["refunded"] += amount
+            self.charges[refund.pk] = {"buyer": buyer, "kind": Charge.Kind.REFUND, "amount": -amount,
+                                       "commission": -fee, "usage_to": refund.usage_to, "refunded": ZERO,
+                                       "invoiced": False, "stated": False}
+            self.last_charge = refund.pk
 
         def hold_of(self, allocation_id):
             return next(h for h in self.holds.values() if h["allocation"] == allocation_id)
@@ -384,20 +422,40 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 if result["status"] in ("created", "replayed"):
                     assert Decimal(result["amount"]) == self.events[event.event_id]["amount"]
 
-        def expect(self, event: UsageIn, age: timedelta) -> str:
+        def expect(self, event: UsageIn, age: timedelta, now=None) -> str:
             """The model's answer to one event (applied), in a batch's order."""
-            if not timedelta(minutes=-4) <= age <= timedelta(days=6, hours=23):
-                return "rejected"
+            return self.judge(event, age, now)[0]
+
+        def judge(self, event: UsageIn, age: timedelta, now=None) -> tuple[str, str | None]:
+            """(status, code) the model expects for one event (applied): a stored id first, then
+            the age, the allocation's live period, the endpoint's capacity and the max_spend."""
             known = self.events.get(event.event_id)
             if known is not None:
-                return "replayed" if known["event"] == event else "conflict"
+                return ("replayed", None) if known["event"] == event else ("conflict", "idempotency_conflict")
+            if not timedelta(minutes=-4) <= age <= timedelta(days=6, hours=23):
+                return "rejected", "out_of_period"
+            bound = self.bounds[event.allocation_id]
+            skew = timedelta(minutes=5)
+            if not bound["start"] - skew <= event.occurred_at <= bound["end"] + skew:
+                return "rejected", "out_of_period"
+            if (now or timezone.now()) > bound["end"] + timedelta(hours=1):
+                return "rejected", "out_of_period"
             prices = self.prices[event.allocation_id]
             counts = (event.input_hit_tokens, event.input_miss_tokens, event.output_tokens)
+            latest = max(bound["latest"] or event.occurred_at, event.occurred_at)
+            minutes = int((latest - bound["start"]).total_seconds()) // 60 + 1
+            if bound["tokens"] + sum(counts) > bound["per_minute"] * minutes:
+                return "rejected", "implausible"
+            amount = sum(exact(Decimal(n) * p / 1_000_000) for n, p in zip(counts, prices))
+            if bound["amount"] + amount > bound["max_spend"]:
+                return "rejected", "over_budget"
+            bound["amount"] += amount
+            bound["tokens"] += sum(counts)
+            bound["latest"] = latest
             self.events[event.event_id] = {
                 "event": event, "allocation": event.allocation_id, "occurred_at": event.occurred_at,
-                "tokens": counts, "settled": False,
-                "amount": sum(exact(Decimal(n) * p / 1_000_000) for n, p in zip(counts, prices))}
-            return "created"
+                "tokens": counts, "settled": False, "amount": amount}
+            return "created", None
 
         @rule(batch=st.lists(st.tuples(st.integers(0, 1), tokens, fresh_age | stale_age, st.booleans()),
                              min_size=1, max_size=4))
@@ -480,18 +538,8 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 self.refused(services.InsufficientFunds, call)  # the supplier was paid out meanwhile
             else:
                 result = call()
-                assert (result.kind, result.amount, result.commission) == (Charge.Kind.REFUND, -amount, -fee)
-                buyer = charge["buyer"]
-                self.move(self.supplier, PAYABLE, -(amount - fee))
-                self.move(None, COMMISSION, -fee)
-                self.move(buyer, WALLET, amount)
-                self.flows[buyer]["refunds"] += amount
-                charge["refunded"] += amount
+                self.refunded(charge, amount, fee, result)
                 self.refund_refs[reference] = (pk, result.pk)
-                self.charges[result.pk] = {"buyer": buyer, "kind": Charge.Kind.REFUND, "amount": -amount,
-                                           "commission": -fee, "usage_to": result.usage_to, "refunded": ZERO,
-                                           "invoiced": False, "stated": False}
-                self.last_charge = result.pk
 
         @rule(reuse=st.booleans())
         def payout(self, reuse):
@@ -502,14 +550,14 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 call()
                 assert fingerprint() == before
                 return
-            owed = self.balance(self.supplier, PAYABLE)
-            paid, remainder = floor_fen(owed)
+            owed = self.balance(self.supplier, PAYABLE) - self.withheld()
+            paid, remainder = floor_fen(max(owed, ZERO))
             if paid <= 0:
-                self.refused(Conflict, call)  # less than a fen owed
+                self.refused(Conflict, call)  # less than a fen owed beyond what open disputes withhold
                 return
             call()
             self.payout_refs.add(reference)
-            self.move(self.supplier, PAYABLE, -owed)
+            self.move(self.supplier, PAYABLE, -(paid + remainder))
             self.move(None, EXTERNAL, paid)
             self.move(None, ROUNDING, remainder)
 
@@ -637,6 +685,174 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
                 self.move(organisation, WALLET, rounding)
                 self.move(None, ROUNDING, -rounding)
                 self.flows[organisation]["rounding"] += rounding
+
+        # --- adversaries (issue 9b): usage beyond the agreement, admins without permission -----
+
+        def record_judged(self, event: UsageIn, age: timedelta, now=None) -> str | None:
+            """Report one event; its status and code are exactly the model's."""
+            before = fingerprint()
+            status, code = self.judge(event, age, now)
+            [result] = usage_record_batch(organisation_id=self.supplier, events=[event], now=now)
+            assert (result["status"], result.get("code")) == (status, code), result
+            if status != "created":
+                assert fingerprint() == before
+            return code
+
+        @rule(b=st.integers(0, 1), kind=st.sampled_from(["tokens", "money"]))
+        def supplier_over_reports(self, b, kind):
+            """One event far beyond the agreement: more tokens than the endpoint could serve, or a
+            bill beyond any max_spend here (issue 9: 115,625,000 output tokens on a 0.01 CNY hold)."""
+            counts = (10**12, 0, 0) if kind == "tokens" else (0, 0, 200_000_000)  # 1,600 CNY of output
+            event = UsageIn(self.fresh("greedy"), self.allocations[self.buyers[b]], timezone.now(), *counts)
+            assert self.record_judged(event, timedelta(0)) in ("implausible", "over_budget")
+
+        @rule(b=st.integers(0, 1), when=st.sampled_from(["before_start", "after_grace", "future"]))
+        def supplier_reports_outside_period(self, b, when):
+            """Usage from before the allocation began, reported after its late grace, or from the future."""
+            allocation = self.allocations[self.buyers[b]]
+            bound, now = self.bounds[allocation], timezone.now()
+            if when == "before_start":
+                at = bound["start"] - timedelta(minutes=6)
+            elif when == "after_grace":
+                at, now = bound["end"] - timedelta(minutes=1), bound["end"] + timedelta(minutes=61)
+            else:
+                at = now + timedelta(minutes=6)
+            event = UsageIn(self.fresh("outside"), allocation, at, 1, 1, 1)
+            assert self.record_judged(event, now - at, now=now) == "out_of_period" or (
+                when == "before_start" and now - at > timedelta(days=6, hours=23))
+
+        @rule(data=st.data())
+        def admin_without_permission(self, data):
+            """A staff user lacking the operation's permission (it may hold others) moves nothing."""
+            held = data.draw(st.sampled_from([(), ("billing.pay_out",), ("matching.decide_review",),
+                                              ("billing.top_up_wallet",)]), label="permissions")
+            user = admin_user(self.fresh("staff"), *held)
+            actor = AdminActor(user_id=user.pk)
+            buyer = self.buyers[data.draw(st.integers(0, 1), label="buyer")]
+            calls = [partial(admin_services.payout_by_admin, actor=actor, organisation_id=self.supplier,
+                             reference=self.fresh("wire")),
+                     partial(admin_services.wallet_top_up_by_admin, actor=actor, organisation_id=buyer,
+                             amount=Decimal("100000000"), reference=self.fresh("gift"))]
+            charges = sorted(k for k, c in self.charges.items() if c["kind"] in TOKEN_KINDS)
+            if charges:
+                calls.append(partial(admin_services.refund_by_admin, actor=actor, charge_id=charges[0],
+                                     amount=SCALE, reason="none", reference=self.fresh("refund")))
+            for call in calls:
+                permission = {admin_services.payout_by_admin: "billing.pay_out",
+                              admin_services.wallet_top_up_by_admin: "billing.top_up_wallet",
+                              admin_services.refund_by_admin: "billing.refund_charge"}[call.func]
+                if permission in held:
+                    continue
+                self.refused(PermissionDenied, call)
+
+        @rule(b=st.integers(0, 1), same_admin=st.booleans())
+        def large_top_up_waits_for_a_second_admin(self, b, same_admin):
+            """Above the threshold a top-up is a request: nothing moves until a second finance
+            admin approves; the requester approving it is refused."""
+            buyer = self.buyers[b]
+            first = admin_user(self.fresh("fin"), "billing.top_up_wallet")
+            amount = admin_services.second_approval_threshold() + SCALE
+            before = fingerprint()
+            outcome = admin_services.wallet_top_up_by_admin(actor=AdminActor(user_id=first.pk), organisation_id=buyer,
+                                                            amount=amount, reference=self.fresh("big"))
+            assert outcome.transfer is None and outcome.approval.status == "pending"
+            assert fingerprint() == before
+            if same_admin:
+                self.refused(PermissionDenied, partial(admin_services.money_approval_approve,
+                                                       actor=AdminActor(user_id=first.pk),
+                                                       approval_id=outcome.approval.pk))
+                return
+            second = admin_user(self.fresh("fin"), "billing.top_up_wallet")
+            admin_services.money_approval_approve(actor=AdminActor(user_id=second.pk), approval_id=outcome.approval.pk)
+            self.move(buyer, WALLET, amount)
+            self.move(None, EXTERNAL, -amount)
+            self.flows[buyer]["top_ups"] += amount
+
+        def withheld(self) -> Decimal:
+            return sum((d["withheld"] for d in self.disputes.values() if d["status"] == "open"), ZERO)
+
+        @precondition(lambda self: any(c["kind"] in TOKEN_KINDS for c in self.charges.values()))
+        @rule(data=st.data())
+        def buyer_disputes(self, data):
+            """The buyer disputes part or all of what is left of a charge (or more, or twice)."""
+            pk = data.draw(st.sampled_from(sorted(k for k, c in self.charges.items() if c["kind"] in TOKEN_KINDS)),
+                           label="charge")
+            charge = self.charges[pk]
+            left = charge["amount"] - charge["refunded"]
+            over = data.draw(one_in_five, label="over")
+            amount = left + SCALE if over else max(exact(left * data.draw(ratio, label="part")), SCALE)
+            buyer = Organisation.objects.get(pk=charge["buyer"])
+            call = partial(disputes.dispute_open, organisation=buyer, charge_id=pk, reason="empty answers",
+                           amount=amount)
+            if any(d["charge"] == pk and d["status"] == "open" for d in self.disputes.values()):
+                self.refused(Conflict, call)
+            elif amount > left:
+                self.refused(ValidationFailed, call)
+            else:
+                dispute, created = call()
+                assert created and dispute.status == "open"
+                withheld = amount - exact(amount * charge["commission"] / charge["amount"])
+                assert dispute.withheld == withheld
+                self.disputes[dispute.pk] = {"charge": pk, "amount": amount, "withheld": withheld, "status": "open"}
+
+        @precondition(lambda self: any(d["status"] == "open" for d in self.disputes.values()))
+        @rule(data=st.data())
+        def admin_resolves_dispute(self, data):
+            """An admin refunds part or all of an open dispute, or rejects it; one without the
+            permission changes nothing."""
+            pk = data.draw(st.sampled_from(sorted(k for k, d in self.disputes.items() if d["status"] == "open")),
+                           label="dispute")
+            dispute = self.disputes[pk]
+            if data.draw(one_in_five, label="unpermitted"):
+                bare = admin_user(self.fresh("bare"), "billing.refund_charge", "billing.pay_out")
+                self.refused(PermissionDenied, partial(disputes.dispute_resolve, actor=AdminActor(user_id=bare.pk),
+                                                       dispute_id=pk, outcome="refund", reason="no"))
+                return
+            if self.resolver is None:
+                self.resolver = admin_user(self.fresh("resolver"), "billing.resolve_dispute")
+            actor = AdminActor(user_id=self.resolver.pk)
+            if data.draw(st.booleans(), label="reject"):
+                assert disputes.dispute_resolve(actor=actor, dispute_id=pk, outcome="reject",
+                                                reason="posted price").status == "rejected"
+                dispute["status"] = "rejected"
+                return
+            amount = max(exact(dispute["amount"] * data.draw(ratio, label="part")), SCALE)
+            charge = self.charges[dispute["charge"]]
+            fee = exact(amount * charge["commission"] / charge["amount"])
+            call = partial(disputes.dispute_resolve, actor=actor, dispute_id=pk, outcome="refund", reason="partly",
+                           amount=amount)
+            if amount > charge["amount"] - charge["refunded"]:
+                self.refused(ValidationFailed, call)  # refunded directly meanwhile
+                return
+            if self.balance(self.supplier, PAYABLE) < amount - fee or self.balance(None, COMMISSION) < fee:
+                self.refused(services.InsufficientFunds, call)  # the supplier was paid out before the dispute
+                return
+            result = call()
+            assert (result.status, result.refunded) == ("refunded", amount)
+            self.refunded(charge, amount, fee, result.refund)
+            dispute["status"] = "refunded"
+
+        @invariant()
+        def disputes_match_model(self):
+            assert {d.pk: (d.status, d.withheld) for d in Dispute.objects.all()} == {
+                pk: (d["status"], d["withheld"]) for pk, d in self.disputes.items()}
+
+        @invariant()
+        def nobody_charged_beyond_the_agreement(self):
+            """No token allocation costs more than its max_spend; no buyer is charged more than the
+            sum of its max_spend and its other holds; metering's running totals are exact."""
+            charged = dict(Charge.objects.filter(kind__in=TOKEN_KINDS).values_list("allocation_id")
+                           .annotate(s=Sum("amount")))
+            for allocation, bound in self.bounds.items():
+                assert charged.get(allocation, ZERO) <= bound["max_spend"], allocation
+                stored = UsageEvent.objects.filter(allocation_id=allocation).aggregate(s=Sum("amount"))["s"] or ZERO
+                total = TokenUsageTotal.objects.filter(allocation_id=allocation).first()
+                assert (total.amount if total else ZERO) == stored == bound["amount"]
+            for buyer, flow in self.flows.items():
+                agreed = sum((b["max_spend"] for a, b in self.bounds.items() if self.buyer_of[a] == buyer), ZERO)
+                agreed += sum((h["amount"] for h in self.holds.values() if h["org"] == buyer and h["allocation"] is None),
+                              ZERO)
+                assert flow["charged"] <= agreed, buyer
 
         # --- invariants ----------------------------------------------------------------------
 

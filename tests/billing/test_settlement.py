@@ -17,7 +17,7 @@ from marketplace.models import Allocation, ListingHour, Order, Organisation
 from matching import services as matching
 from lifecycle import services as lifecycle
 
-from tests.factories import NodeFactory, make_listing
+from tests.factories import NodeFactory, admin_user, make_listing
 from tests.marketplace.helpers import assert_error
 from tests.matching.helpers import post_order
 
@@ -141,7 +141,7 @@ def test_a_node_failure_is_not_charged_and_earns_a_credit(supplier_client, buyer
 
 
 def test_late_usage_lands_on_the_next_invoice_as_an_adjustment(supplier_client, buyer_client):
-    tokens = token_allocation(supplier_client.organisation, buyer_client)
+    tokens = token_allocation(supplier_client.organisation, buyer_client, started_hours_ago=3)
     buyer = buyer_client.organisation
     earlier = timezone.now() - timedelta(hours=2)
     usage_record_batch(organisation_id=supplier_client.organisation.pk,
@@ -203,7 +203,7 @@ def test_token_usage_beyond_hold_and_wallet_waits_for_a_top_up(supplier_client, 
 
 def test_admin_refund_and_payout(supplier_client, buyer_client):
     admin = APIClient()
-    admin.force_authenticate(get_user_model().objects.create_user(username="ops", password="x", is_staff=True))
+    admin.force_authenticate(admin_user("ops", "billing.refund_charge", "billing.pay_out"))
     tokens = token_allocation(supplier_client.organisation, buyer_client)
     usage_record_batch(organisation_id=supplier_client.organisation.pk,
                        events=[UsageIn("e", tokens.pk, timezone.now(), 0, 10_000_000, 0)])
@@ -331,7 +331,7 @@ def test_the_monthly_run_skips_a_document_issued_on_demand_since_and_goes_on(sup
                                                                              client_for):
     other = client_for(is_supplier=False, is_buyer=True)
     for client in (buyer_client, other):
-        tokens = token_allocation(supplier_client.organisation, client)
+        tokens = token_allocation(supplier_client.organisation, client, started_hours_ago=2)
         usage_record_batch(organisation_id=supplier_client.organisation.pk, events=[
             UsageIn(f"e-{client.organisation.pk}", tokens.pk, timezone.now() - timedelta(hours=1), 0, 1_000_000, 0)])
     settlement.settle_pending_usage()

@@ -169,7 +169,11 @@ def test_types_are_the_schemas_and_ids_are_trimmed(supplier_client, token_alloca
 @pytest.mark.django_db
 @pytest.mark.parametrize("status", ["completed", "interrupted", "running"])
 def test_late_usage_for_an_ended_allocation_is_accepted(supplier_client, token_allocation, status):
-    Allocation.objects.filter(pk=token_allocation.pk).update(status=status)
+    # the allocation ran from eight days ago to the start of this hour: its usage may still arrive
+    # within the late grace (an hour) after its end
+    Allocation.objects.filter(pk=token_allocation.pk).update(
+        status=status, start_hour=token_allocation.start_hour - 8 * 24, end_hour=token_allocation.start_hour,
+        delivered_end_hour=token_allocation.start_hour)
     late = (timezone.now() - timedelta(days=6)).isoformat()
     response = _batch(supplier_client, [_event(token_allocation, "late", occurred_at=late)])
     assert response.json()["results"][0]["status"] == "created"

@@ -45,9 +45,11 @@ def test_old_foreign_and_malformed_events_are_refused(supplier_client, buyer_cli
 @pytest.mark.django_db
 def test_batch_reports_each_event(supplier_client, token_allocation):
     supplier_client.post("/api/v1/usage-events", _event(token_allocation, "seen"), format="json")
-    events = [_event(token_allocation, f"b-{i}", output_tokens=i) for i in range(500)]
+    events = [_event(token_allocation, f"b-{i}", input_hit_tokens=10, input_miss_tokens=10, output_tokens=i)
+              for i in range(500)]
     events += [_event(token_allocation, "seen"), _event(token_allocation, "seen", output_tokens=9),
-               _event(token_allocation, "b-0", output_tokens=0), {**_event(token_allocation, "x"), "allocation": 10**9}]
+               _event(token_allocation, "b-0", input_hit_tokens=10, input_miss_tokens=10, output_tokens=0),
+               {**_event(token_allocation, "x"), "allocation": 10**9}]
     response = supplier_client.post("/api/v1/usage-events/batch", {"events": events}, format="json")
     assert response.status_code == 200
     assert response.json()["counts"] == {"created": 500, "replayed": 2, "conflict": 1, "rejected": 1}

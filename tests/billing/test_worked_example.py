@@ -37,7 +37,7 @@ def test_card_hours_and_tokens_from_match_to_payout(client_for, settings):
     assert Hold.objects.get(allocation=gpus).amount == Decimal("300")
     # and a token order expecting 10M input (25% cache hits) and 2M output at limits 0.5 / 2 / 8:
     # hold = 2.5M x 0.5 + 7.5M x 2 + 2M x 8, per million = 1.25 + 15 + 16 = 32.25.
-    tokens = token_allocation(token_host, buyer_client)
+    tokens = token_allocation(token_host, buyer_client, max_spend="40")  # above the hold: usage beyond it is agreed
     assert Hold.objects.get(allocation=tokens).amount == Decimal("32.25")
     assert balance(buyer.pk, "buyer_wallet") == Decimal("667.75")  # 1000 - 300 - 32.25
     assert balance(buyer.pk, "buyer_held") == Decimal("332.25")

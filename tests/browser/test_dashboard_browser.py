@@ -7,13 +7,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connections
 
 from matching import services as matching
 from matching.models import MatchReview, ReviewPolicy
 
-from tests.factories import NodeFactory, make_listing
+from tests.factories import NodeFactory, admin_user, make_listing
 from tests.matching.helpers import post_order
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,7 +50,7 @@ def test_an_admin_reviews_flagged_matches_in_the_dashboard(live_server, browser,
     orders = [post_order(buyer_client), post_order(buyer_client)]
     matching.round_run(bucket="*:*")
     approve, reject = (MatchReview.objects.get(allocation__order=order) for order in orders)
-    get_user_model().objects.create_user(username="ops", password="correct horse", is_staff=True)
+    admin_user("ops", "matching.decide_review", password="correct horse")
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
 

@@ -11,7 +11,7 @@ from marketplace.models import Allocation, Order
 from matching import services as matching
 from matching.models import MatchReview, ReviewPolicy
 
-from tests.factories import NodeFactory, make_listing
+from tests.factories import NodeFactory, admin_user, make_listing
 from tests.matching.helpers import post_order
 
 pytestmark = pytest.mark.django_db
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def admin_client():
     client = Client()
-    client.force_login(get_user_model().objects.create_user(username="ops", password="x", is_staff=True))
+    client.force_login(admin_user("ops", "matching.decide_review"))
     return client
 
 

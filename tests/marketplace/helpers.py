@@ -32,6 +32,8 @@ def tokens_body(**overrides) -> dict:
         "expected_output_tokens": 2_000_000,
         "expected_cache_hit_ratio": "0.25",
         "max_prices": {"input_hit_per_m": "0.5", "input_miss_per_m": "2", "output_per_m": "8"},
+        # Agreed beyond the hold (32.25), so usage past the expected tokens is charged from the wallet.
+        "max_spend": "1000",
     }
     body.update(overrides)
     return body

@@ -102,7 +102,7 @@ def test_tokens_order_field_errors(buyer_client, overrides, field):
     ({"start": "2030-01-01T00:15:00Z", "end": "2030-01-01T05:00:00Z"}, "start"),
     ({"start": "2030-01-01T05:00:00Z", "end": "2030-01-01T05:00:00Z"}, "end"),
     ({"start": "2030-01-01T00:00:00Z", "end": "2030-12-01T00:00:00Z"}, "end"),
-    ({"token_endpoint": {"model": "nope", "price_input_hit_per_m": "1", "price_input_miss_per_m": "2",
+    ({"token_endpoint": {"model": "nope", "tokens_per_minute": 100000, "price_input_hit_per_m": "1", "price_input_miss_per_m": "2",
                          "price_output_per_m": "8"}}, "token_endpoint.model"),
     ({"token_endpoint": {"model": "DeepSeek-V3"}}, "token_endpoint.price_output_per_m"),
 ])

@@ -2,7 +2,6 @@
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from marketplace.models import Allocation, ChipType, ListingHour, Node, Order, Region
@@ -10,7 +9,7 @@ from matching import services
 from matching.models import FailureImpact, MatchReview, NodeFailure, RejectedPairing, ReviewPolicy
 from lifecycle import services as lifecycle
 
-from tests.factories import NodeFactory, make_listing
+from tests.factories import NodeFactory, admin_user, make_listing
 from tests.marketplace.helpers import assert_error
 
 from .helpers import assert_calendar_consistent, post_order
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def admin_client():
-    user = get_user_model().objects.create_user(username="ops", password="pw-ops-123", is_staff=True)
+    user = admin_user("ops", "matching.decide_review", "matching.fail_node", password="pw-ops-123")
     client = APIClient()
     client.force_authenticate(user)
     client.user = user

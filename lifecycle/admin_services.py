@@ -1,0 +1,38 @@
+"""Decisions platform admins take on allocations, behind their permissions and written to the audit
+log: approving or rejecting a flagged match (``matching.decide_review``) and failing a node on its
+supplier's behalf (``matching.fail_node``). The API, the admin site and the dashboard all call
+these, so ``is_staff`` alone decides nothing anywhere."""
+from __future__ import annotations
+
+from django.db import transaction
+
+from audit.services import AdminActor, audit_record, permission_require
+from config.errors import ValidationFailed
+from matching.models import MatchReview, NodeFailure
+
+from . import services
+
+DECISIONS = {"approve": services.review_approve, "reject": services.review_reject}
+
+
+def review_decide(*, actor: AdminActor, review_id: int, decision: str, reason: str = "") -> MatchReview:
+    """Approve or reject a flagged match (``lifecycle.services.review_approve`` / ``review_reject``)."""
+    if decision not in DECISIONS:
+        raise ValidationFailed.on("decision", "One of approve, reject.")
+    permission_require(user_id=actor.user_id, permission="matching.decide_review")
+    with transaction.atomic():
+        review = DECISIONS[decision](review_id=review_id, admin_user_id=actor.user_id, reason=reason)
+        audit_record(actor=actor, action=f"review.{decision}", target_type="match_review", target_id=review.pk,
+                     reason=reason, details={"allocation": review.allocation_id})
+        return review
+
+
+def node_fail_by_admin(*, actor: AdminActor, node_id: int, reason: str = "") -> NodeFailure:
+    """Mark a supplier's node failed on its behalf (``lifecycle.services.node_fail``)."""
+    permission_require(user_id=actor.user_id, permission="matching.fail_node")
+    with transaction.atomic():
+        failure = services.node_fail(node_id=node_id, organisation=None, reason=reason, reported_by_id=actor.user_id)
+        audit_record(actor=actor, action="node.fail", target_type="node", target_id=node_id, reason=reason,
+                     details={"failure": failure.pk, "failed_hour": failure.failed_hour,
+                              "allocations": list(failure.impacts.values_list("allocation_id", flat=True))})
+        return failure
