@@ -2,7 +2,10 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 
-from . import models, services
+from audit.services import AdminActor
+from lifecycle.admin_services import related_party_mark_by_admin, related_party_unmark_by_admin
+
+from . import models
 
 
 @admin.register(models.Region)
@@ -72,9 +75,21 @@ class RelatedPartyAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return
-        party = services.related_party_create(organisation_ids=(obj.organisation_a_id, obj.organisation_b_id),
-                                              reason=obj.reason, created_by_id=request.user.pk)
+        party = related_party_mark_by_admin(actor=_actor(request), reason=obj.reason,
+                                            organisation_ids=(obj.organisation_a_id, obj.organisation_b_id))
         obj.pk = party.pk
+
+    def delete_model(self, request, obj):
+        related_party_unmark_by_admin(actor=_actor(request), party_id=obj.pk, reason="removed in the admin site")
+
+    def delete_queryset(self, request, queryset):
+        for party_id in queryset.values_list("pk", flat=True):
+            related_party_unmark_by_admin(actor=_actor(request), party_id=party_id,
+                                          reason="removed in the admin site")
+
+
+def _actor(request) -> AdminActor:
+    return AdminActor(user_id=request.user.pk, request_id=getattr(request, "request_id", ""))
 
 
 @admin.register(models.Membership)

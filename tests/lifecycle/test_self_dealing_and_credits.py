@@ -15,8 +15,11 @@ from django.test import Client
 from django.utils import timezone
 
 from billing import invoicing, settlement
+from audit.models import AuditEntry
+from audit.services import AdminActor
 from billing.models import Account, Charge
-from config.errors import ValidationFailed
+from config.errors import PermissionDenied, ValidationFailed
+from lifecycle.admin_services import related_party_mark_by_admin
 from lifecycle import services as lifecycle
 from marketplace import services as market
 from marketplace.models import Allocation, Order, RelatedParty
@@ -27,7 +30,7 @@ from matching.models import ReviewPolicy
 from matching.snapshot import load_snapshot
 
 from tests.billing.helpers import assert_books_balance, balance, card_hour_allocation, minutes_into
-from tests.factories import NodeFactory, OrganisationFactory, make_listing
+from tests.factories import NodeFactory, OrganisationFactory, admin_user, make_listing
 from tests.marketplace.helpers import tokens_body
 from tests.matching.helpers import post_order
 
@@ -94,6 +97,36 @@ def test_the_admin_form_refuses_an_organisation_related_to_itself(client_for):
         "organisation_a": org.pk, "organisation_b": org.pk, "reason": "self"})
     assert response.status_code == 200 and "always related to itself" in response.content.decode()
     assert not RelatedParty.objects.exists()
+
+
+def test_marking_and_unmarking_related_parties_is_audited_and_needs_the_permission(client_for):
+    # given two organisations and a staff user without the related-party permissions
+    a, b = client_for().organisation, client_for().organisation
+    bare = Client()
+    bare.force_login(admin_user("bare"))
+    # when that user tries to mark them, nothing is stored
+    response = bare.post("/admin/marketplace/relatedparty/add/", {
+        "organisation_a": a.pk, "organisation_b": b.pk, "reason": "same owner"})
+    assert response.status_code == 403 and not RelatedParty.objects.exists()
+    with pytest.raises(PermissionDenied):
+        related_party_mark_by_admin(actor=AdminActor(user_id=admin_user("bare2").pk), organisation_ids=(a.pk, b.pk),
+                                    reason="same owner")
+    assert not RelatedParty.objects.exists() and not AuditEntry.objects.exists()
+    # when an admin holding the permissions marks them and later removes the mark in the admin site
+    marker = Client()
+    marker.force_login(admin_user("compliance", "marketplace.add_relatedparty", "marketplace.delete_relatedparty",
+                                  "marketplace.view_relatedparty", "marketplace.change_relatedparty"))
+    response = marker.post("/admin/marketplace/relatedparty/add/", {
+        "organisation_a": a.pk, "organisation_b": b.pk, "reason": "same owner"})
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    party = RelatedParty.objects.get()
+    response = marker.post(f"/admin/marketplace/relatedparty/{party.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not RelatedParty.objects.exists()
+    # then both actions are in the audit log, by that admin, with the pair
+    entries = list(AuditEntry.objects.order_by("pk").values_list("action", "actor_name", "details"))
+    assert [(action, who) for action, who, _ in entries] == [("related_party.mark", "compliance"),
+                                                            ("related_party.unmark", "compliance")]
+    assert all(details["organisations"] == sorted([a.pk, b.pk]) for _, _, details in entries)
 
 
 def test_persisting_a_round_checks_related_parties_again(client_for):
