@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from .models import Account
 from .rating import exact
-from .services import NEGATIVE_BY_NATURE, InsufficientFunds, account_get_or_create
+from .services import NEGATIVE_BY_NATURE, InsufficientFunds, account_get_or_create, accounts_lock
 
 
 @dataclass
@@ -33,8 +33,8 @@ AccountKey = tuple[int | None, str]  # (organisation id or None for the platform
 
 def accounts_lock_many(*, wanted: Sequence[AccountKey]) -> dict[AccountKey, tuple[int, Decimal, bool]]:
     """The accounts ``(organisation id or None, kind)``, created where missing, locked FOR UPDATE
-    in primary-key order, as ``{key: (id, balance, allow_negative)}``. Call inside atomic, after
-    every non-ledger lock."""
+    in primary-key order through ``accounts_lock`` (the transaction's whole set of ledger locks), as
+    ``{key: (id, balance, allow_negative)}``. Call inside atomic, after every non-ledger lock."""
     keys = set(wanted)
     platform = {kind for organisation_id, kind in keys if organisation_id is None}
     orgs = [o for o, _ in keys if o is not None]
@@ -52,9 +52,10 @@ def accounts_lock_many(*, wanted: Sequence[AccountKey]) -> dict[AccountKey, tupl
             " UNION ALL SELECT id FROM billing_account WHERE organisation_id IS NULL AND kind = ANY(%s)"
             " AND currency = 'CNY'", [orgs, kinds, sorted(platform)])
         ids = [r[0] for r in cursor.fetchall()]
-        cursor.execute("SELECT id, organisation_id, kind, balance, allow_negative FROM billing_account"
-                       " WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
-        return {(o, k): (pk, balance, allow) for pk, o, k, balance, allow in cursor.fetchall()}
+    # Through the one helper, so this transaction's set of ledger locks is recorded like any other
+    # money path's: a later lock outside it raises LockOrderViolation instead of risking a deadlock.
+    locked = accounts_lock(account_ids=ids)
+    return {(a.organisation_id, a.kind): (a.pk, a.balance, a.allow_negative) for a in locked.values()}
 
 
 def transfers_post_many(*, transfers: Sequence[TransferSpec],
