@@ -165,3 +165,32 @@ def test_the_batch_lock_of_accounts_is_the_transactions_whole_set(client_for):
         # then that is refused, as after any other money path's lock (no deadlock risked)
         with pytest.raises(LockOrderViolation):
             accounts_lock(account_ids=[other.pk])
+
+
+def test_two_charges_of_one_supplier_in_one_batch_repay_its_debt_once(client_for):
+    # given a supplier owing 50 with two running 1-hour allocations (8 cards at 11.25 each)
+    supplier = client_for(is_supplier=True, is_buyer=False).organisation
+    first = card_hour_allocation(supplier, client_for(is_supplier=False, is_buyer=True), cards=8, hours=1,
+                                 bid="12.5", ask="10")
+    second = card_hour_allocation(supplier, client_for(is_supplier=False, is_buyer=True), cards=8, hours=1,
+                                  bid="12.5", ask="10")
+    _supplier_owes(supplier.pk, OWED)
+    batch.allocations_start(allocation_ids=[first.pk, second.pk], now=minutes_into(first, 0))
+    for allocation in (first, second):
+        _heartbeats(allocation, until=60)
+    # when both close in the same batch
+    assert batch.allocations_close_due_batched(now=minutes_into(first, 60)) == 2
+    # then the first charge (in allocation order) repays the 50, the second is all payable
+    assert balance(supplier.pk, "supplier_receivable") == 0
+    assert balance(supplier.pk, "supplier_payable") == 2 * Decimal("82.8") - OWED
+    repaid = [_ledger_of(a)["legs"].get(("settle:allocation:*:minutes:60", "settle", "supplier",
+                                          "supplier_receivable"), 0) for a in sorted((first, second),
+                                                                                   key=lambda a: a.pk)]
+    assert repaid == [OWED, 0]
+    # ... both in the batch itself (one statement, one timestamp), not left to the one-by-one
+    # fallback (where a receivable pushed above zero would have been caught by its CHECK)
+    stamps = set(Transfer.objects.filter(idempotency_id__in=[f"settle:allocation:{a.pk}:minutes:60"
+                                                              for a in (first, second)])
+                 .values_list("created_at", flat=True))
+    assert len(stamps) == 1
+    assert_books_balance()
