@@ -13,9 +13,11 @@ from decimal import Decimal
 from django.db import connection, transaction
 from django.utils import timezone
 
+from config.errors import Conflict
+
 from .models import Account
 from .rating import exact
-from .services import NEGATIVE_BY_NATURE, InsufficientFunds, account_get_or_create
+from .services import NEGATIVE_BY_NATURE, InsufficientFunds, account_get_or_create, accounts_lock
 
 
 @dataclass
@@ -33,8 +35,8 @@ AccountKey = tuple[int | None, str]  # (organisation id or None for the platform
 
 def accounts_lock_many(*, wanted: Sequence[AccountKey]) -> dict[AccountKey, tuple[int, Decimal, bool]]:
     """The accounts ``(organisation id or None, kind)``, created where missing, locked FOR UPDATE
-    in primary-key order, as ``{key: (id, balance, allow_negative)}``. Call inside atomic, after
-    every non-ledger lock."""
+    in primary-key order through ``accounts_lock`` (the transaction's whole set of ledger locks), as
+    ``{key: (id, balance, allow_negative)}``. Call inside atomic, after every non-ledger lock."""
     keys = set(wanted)
     platform = {kind for organisation_id, kind in keys if organisation_id is None}
     orgs = [o for o, _ in keys if o is not None]
@@ -52,9 +54,10 @@ def accounts_lock_many(*, wanted: Sequence[AccountKey]) -> dict[AccountKey, tupl
             " UNION ALL SELECT id FROM billing_account WHERE organisation_id IS NULL AND kind = ANY(%s)"
             " AND currency = 'CNY'", [orgs, kinds, sorted(platform)])
         ids = [r[0] for r in cursor.fetchall()]
-        cursor.execute("SELECT id, organisation_id, kind, balance, allow_negative FROM billing_account"
-                       " WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
-        return {(o, k): (pk, balance, allow) for pk, o, k, balance, allow in cursor.fetchall()}
+    # Through the one helper, so this transaction's set of ledger locks is recorded like any other
+    # money path's: a later lock outside it raises LockOrderViolation instead of risking a deadlock.
+    locked = accounts_lock(account_ids=ids)
+    return {(a.organisation_id, a.kind): (a.pk, a.balance, a.allow_negative) for a in locked.values()}
 
 
 def transfers_post_many(*, transfers: Sequence[TransferSpec],
@@ -109,18 +112,33 @@ def transfers_post_many(*, transfers: Sequence[TransferSpec],
 def wallets_top_up(*, top_ups: Sequence[tuple[int, Decimal, str]]) -> int:
     """``wallet_top_up`` for many (organisation id, amount, reference) at once, in one transaction:
     the same transfers (``top-up:<reference>``, external to wallet). Returns how many were posted;
-    references already used are skipped (a replay), never posted twice."""
+    references already used for the same wallet and amount are skipped (a replay), never posted
+    twice; one used for another wallet or amount is a Conflict (``idempotency_conflict``), as with
+    ``wallet_top_up``."""
     if not top_ups:
         return 0
     for _, amount, _ in top_ups:
         if exact(Decimal(amount)) <= 0:
             raise ValueError("a top-up must be positive")
+    wanted: dict[str, tuple[int, Decimal]] = {}
+    for organisation_id, amount, reference in top_ups:
+        if wanted.setdefault(reference, (organisation_id, exact(Decimal(amount)))) != (organisation_id,
+                                                                                       exact(Decimal(amount))):
+            raise Conflict(f"Top-up {reference} is asked twice with different amounts.", code="idempotency_conflict")
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT idempotency_id FROM billing_transfer WHERE idempotency_id = ANY(%s)",
-                           [[f"top-up:{r}" for _, _, r in top_ups]])
-            seen = {r[0] for r in cursor.fetchall()}
-        fresh = [t for t in top_ups if f"top-up:{t[2]}" not in seen]
+            # A replay posts nothing, as with ``wallet_top_up``; but a reference already used for
+            # another wallet or amount is a Conflict there, so it is one here too.
+            cursor.execute("SELECT t.idempotency_id, a.organisation_id, e.amount FROM billing_transfer t"
+                           " JOIN billing_entry e ON e.transfer_id = t.id JOIN billing_account a ON a.id = e.account_id"
+                           " WHERE t.idempotency_id = ANY(%s) AND a.kind = %s",
+                           [[f"top-up:{r}" for r in wanted], Account.Kind.BUYER_WALLET])
+            seen = {key.removeprefix("top-up:"): (o, amount) for key, o, amount in cursor.fetchall()}
+        for reference, posted in seen.items():
+            if posted != wanted[reference]:
+                raise Conflict("This idempotency id was already used for a different transfer.",
+                               code="idempotency_conflict")
+        fresh = [(o, amount, r) for r, (o, amount) in wanted.items() if r not in seen]
         accounts = accounts_lock_many(wanted=[(None, Account.Kind.EXTERNAL)]
                                       + [(o, Account.Kind.BUYER_WALLET) for o, _, _ in fresh])
         external = accounts[(None, Account.Kind.EXTERNAL)][0]

@@ -10,7 +10,10 @@ after a failure, usage beyond the hold, a missing hold) is left to the per-alloc
 which they call after their own transaction commits.
 
 Lock order as everywhere: orders, then allocations, meters and holds (each by id), then every
-ledger account involved at once, in primary-key order.
+ledger account involved at once, in primary-key order, through ``billing.services.accounts_lock``
+(so the transaction's set of ledger locks is recorded). A charge repays what the supplier owes
+(its receivable) from its share first, as ``hold_capture_locked`` does, charge by charge in
+allocation order.
 """
 from __future__ import annotations
 
@@ -55,6 +58,15 @@ class _Row:
     hold_amount: Decimal = Decimal(0)
     hold_posted: Decimal = Decimal(0)
     hold_pending: bool = False
+
+
+def _receivable_repay(owed: dict[int, Decimal], account_id: int, share: Decimal) -> Decimal:
+    """What of a supplier's ``share`` repays its receivable first, as ``hold_capture_locked`` does
+    one charge at a time: ``owed`` maps receivable account ids to their running balance (never
+    above zero) and is brought forward, so the charges of one batch repay in allocation order."""
+    repay = min(share, max(Decimal(0), -owed[account_id]))
+    owed[account_id] += repay
+    return repay
 
 
 # --- starting -----------------------------------------------------------------------------------
@@ -270,7 +282,7 @@ def _settle_rows(rows: list[_Row], *, now: datetime, final: bool) -> tuple[set[i
             left.append(row.pk)
             continue
         done.add(row.pk)
-        wanted |= {(row.buyer_id, k) for k in BUYER_KINDS} | {(row.supplier_id, Account.Kind.SUPPLIER_PAYABLE)}
+        wanted |= {(row.buyer_id, k) for k in BUYER_KINDS} | _supplier_keys(row.supplier_id)
         if minutes > row.billed_minutes:
             charges.append((row, minutes, total, amount, commission(amount=amount, rate=rate)))
     if not done:
@@ -278,12 +290,16 @@ def _settle_rows(rows: list[_Row], *, now: datetime, final: bool) -> tuple[set[i
     accounts = accounts_lock_many(wanted=list(wanted))
     balances = {pk: (balance, allow) for pk, balance, allow in accounts.values()}
     fee_account = accounts[(None, Account.Kind.PLATFORM_COMMISSION)][0]
+    owed = {pk: balance for pk, (balance, _) in balances.items()}
     specs, releases = [], []
     for row, minutes, total, amount, fee in charges:
+        receivable = accounts[(row.supplier_id, Account.Kind.SUPPLIER_RECEIVABLE)][0]
+        repay = _receivable_repay(owed, receivable, amount - fee)
         specs.append(TransferSpec(
             f"settle:allocation:{row.pk}:minutes:{minutes}", "settle",
             [(accounts[(row.buyer_id, Account.Kind.BUYER_HELD)][0], -amount),
-             (accounts[(row.supplier_id, Account.Kind.SUPPLIER_PAYABLE)][0], amount - fee), (fee_account, fee)],
+             (accounts[(row.supplier_id, Account.Kind.SUPPLIER_PAYABLE)][0], amount - fee - repay),
+             (receivable, repay), (fee_account, fee)],
             f"allocation {row.pk}: {minutes} minutes x {row.cards} cards"))
         row.hold_posted += amount
     if final:
@@ -324,6 +340,11 @@ def _settle_rows(rows: list[_Row], *, now: datetime, final: bool) -> tuple[set[i
     return done, left
 
 
+def _supplier_keys(supplier_id: int) -> set[tuple[int, str]]:
+    """A supplier's accounts a charge touches: its payable, and its receivable repaid first."""
+    return {(supplier_id, Account.Kind.SUPPLIER_PAYABLE), (supplier_id, Account.Kind.SUPPLIER_RECEIVABLE)}
+
+
 def _meters_save(cursor, rows: list[_Row], real_now: datetime, *, stopped: bool) -> None:
     if not rows:
         return
@@ -362,9 +383,10 @@ def token_usage_settle(*, allocation_ids: Sequence[int]) -> list[int]:
         usage = {r[0]: r[1:] for r in cursor.fetchall()}
         wanted = {(None, Account.Kind.PLATFORM_COMMISSION)}
         for pk, (_, order_id, supplier_id, *_prices) in allocations.items():
-            wanted |= {(buyer[order_id], k) for k in BUYER_KINDS} | {(supplier_id, Account.Kind.SUPPLIER_PAYABLE)}
+            wanted |= {(buyer[order_id], k) for k in BUYER_KINDS} | _supplier_keys(supplier_id)
         accounts = accounts_lock_many(wanted=list(wanted))
         balances = {pk: (balance, allow) for pk, balance, allow in accounts.values()}
+        owed = {pk: balance for pk, (balance, _) in balances.items()}
         fee_account = accounts[(None, Account.Kind.PLATFORM_COMMISSION)][0]
         left = [pk for pk in allocation_ids if pk not in allocations]
         specs, charges, settled, hold_posted = [], [], [], []
@@ -386,9 +408,12 @@ def token_usage_settle(*, allocation_ids: Sequence[int]) -> list[int]:
             fees = {kind: commission(amount=value, rate=rate) for kind, _, _, value in parts}
             fee = sum(fees.values())
             key = f"settle:allocation:{pk}:events-to:{last}"
+            receivable = accounts[(supplier_id, Account.Kind.SUPPLIER_RECEIVABLE)][0]
+            repay = _receivable_repay(owed, receivable, amount - fee)
             specs.append(TransferSpec(key, "settle", [
                 (accounts[(b, Account.Kind.BUYER_HELD)][0], -on_hold), (wallet, -(amount - on_hold)),
-                (accounts[(supplier_id, Account.Kind.SUPPLIER_PAYABLE)][0], amount - fee), (fee_account, fee)],
+                (accounts[(supplier_id, Account.Kind.SUPPLIER_PAYABLE)][0], amount - fee - repay),
+                (receivable, repay), (fee_account, fee)],
                 f"allocation {pk}: {n} usage events"))
             balances[wallet] = (balances[wallet][0] - (amount - on_hold), balances[wallet][1])
             charges += [(b, supplier_id, order_id, pk, kind, Decimal(tokens), price, value, fees[kind], first, latest,
