@@ -14,6 +14,12 @@ from marketplace.models import Allocation, Listing, Node, Organisation
 from matching.services import round_run
 
 
+# DeepSeek's promotional V3 prices per million tokens (input on cache hit, on miss, output;
+# ../shared/MARKET.md). The simulated market's endpoints ask more, so the demo buyer's order, whose
+# limits are these prices, can only match the demo supplier's endpoint served through the gateway.
+DEMO_PRICES = (Decimal("0.1"), Decimal("1"), Decimal("2"))
+
+
 class Command(BaseCommand):
     help = "Register a demo token endpoint for the demo supplier and match a token order of the demo buyer."
 
@@ -34,8 +40,7 @@ class Command(BaseCommand):
             start = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
             listing = market.listing_create(
                 organisation=supplier, node_id=node.pk, cards=8, start=start, end=start + timedelta(days=2),
-                ask_per_card_hour=Decimal("10"), token_endpoint=market.TokenEndpoint(
-                    "DeepSeek-V3", Decimal("0.5"), Decimal("2"), Decimal("8")))
+                ask_per_card_hour=Decimal("10"), token_endpoint=market.TokenEndpoint("DeepSeek-V3", *DEMO_PRICES))
         gateway.endpoint_register(organisation=supplier, listing_id=listing.pk, base_url=upstream,
                                   credential="demo-upstream-secret", tokens_per_minute=5_000_000)
         live = Allocation.objects.filter(order__organisation=buyer, kind="tokens", parts__listing=listing,
@@ -43,8 +48,8 @@ class Command(BaseCommand):
         if live is None:
             market.order_create_tokens(organisation=buyer, demand=TokensDemand(
                 model="DeepSeek-V3", expected_input_tokens=10_000_000, expected_output_tokens=2_000_000,
-                expected_cache_hit_ratio=Decimal("0.25"), max_price_input_hit_per_m=Decimal("0.5"),
-                max_price_input_miss_per_m=Decimal("2"), max_price_output_per_m=Decimal("8")))
+                expected_cache_hit_ratio=Decimal("0.25"), max_price_input_hit_per_m=DEMO_PRICES[0],
+                max_price_input_miss_per_m=DEMO_PRICES[1], max_price_output_per_m=DEMO_PRICES[2]))
             round_run(bucket="tokens")
             live = Allocation.objects.filter(order__organisation=buyer, kind="tokens", parts__listing=listing,
                                              status__in=["confirmed", "running"]).first()
