@@ -37,7 +37,7 @@ def _load(supply, demand, meta, h0: int) -> None:
 
     from django.db import connection, transaction
 
-    from billing.services import wallet_top_up
+    from billing.batch import wallets_top_up
 
     from marketplace.hours import hour_start
     from marketplace.models import (ChipType, Listing, ListingHour, Node, Order, OrderChipOption, Organisation,
@@ -58,8 +58,8 @@ def _load(supply, demand, meta, h0: int) -> None:
                   for b in np.unique(meta.buyer_region).tolist()}
         Organisation.objects.bulk_create([*suppliers.values(), *buyers.values()])
         # Every match holds its buyer's maximum cost: fund the buyers so money never limits the round.
-        for buyer in buyers.values():
-            wallet_top_up(organisation_id=buyer.pk, amount=Decimal("1000000000"), reference=f"bench:{buyer.slug}")
+        # (one set-based top-up: one transaction locks its accounts once, all in id order)
+        wallets_top_up(top_ups=[(buyer.pk, Decimal("1000000000"), f"bench:{buyer.slug}") for buyer in buyers.values()])
         nodes = [Node(organisation=suppliers[int(supply.supplier[i])], name=f"n{i}",
                       chip_id=chips[meta.chips[int(supply.chip[i])]], card_count=int(meta.cards[i]),
                       region=regions[meta.region_codes[int(supply.region[i])]],
