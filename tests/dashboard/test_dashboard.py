@@ -56,6 +56,22 @@ def test_the_page_shows_the_book_reviews_failures_and_charts(admin_client, buyer
         assert image.content[:8] == b"\x89PNG\r\n\x1a\n" and len(image.content) > 2000
 
 
+def test_staff_without_the_reviewer_permission_see_reviews_but_no_decision_buttons(buyer_client):
+    # given flagged matches and a staff user who is not a reviewer
+    reviews = _two_flagged_matches(buyer_client)
+    viewer = Client()
+    viewer.force_login(admin_user("auditor"))
+    # when the page renders for that user
+    html = viewer.get("/dashboard/").content.decode()
+    # then the reviews are listed without Approve or Reject, and a forged POST still changes nothing
+    assert all(f'id="review-{review.pk}"' in html for review in reviews)
+    assert 'name="approve"' not in html and "needs the reviewer permission" in html
+    page = viewer.post(f"/dashboard/reviews/{reviews[0].pk}/approve", {}, follow=True)
+    assert page.status_code == 200 and "matching.decide_review" in page.content.decode()
+    reviews[0].refresh_from_db()
+    assert reviews[0].status == "pending"
+
+
 def test_approve_and_reject_from_the_page_change_the_database(admin_client, buyer_client):
     approve, reject = _two_flagged_matches(buyer_client)
     response = admin_client.post(f"/dashboard/reviews/{approve.pk}/approve", {})
