@@ -69,9 +69,25 @@ def assert_books_balance() -> None:
 OCCURRED = timezone.now().replace(microsecond=0) - timedelta(minutes=1)
 
 
+_OCCURRED_FOR: dict[int, object] = {}
+
+
+def occurred_for(allocation: Allocation):
+    """A fixed moment inside the allocation's live period: ``OCCURRED`` (taken when the tests were
+    imported), or, when the run has crossed into a later hour since then (earlier usage would
+    rightly be refused as ``out_of_period``), a minute before the first time it is asked for.
+    Remembered per allocation, so a redelivered event is the same event."""
+    if allocation.pk not in _OCCURRED_FOR:
+        moment = OCCURRED
+        if moment < hour_start(allocation.start_hour):
+            moment = timezone.now().replace(microsecond=0) - timedelta(minutes=1)
+        _OCCURRED_FOR[allocation.pk] = moment
+    return _OCCURRED_FOR[allocation.pk]
+
+
 def usage_event_body(allocation, /, event_id="e-1", **overrides) -> dict:
     """A usage event as a supplier posts it: 3M input on cache hit, 7M on miss, 2.5M output."""
-    body = {"event_id": event_id, "allocation": allocation.pk, "occurred_at": OCCURRED.isoformat(),
+    body = {"event_id": event_id, "allocation": allocation.pk, "occurred_at": occurred_for(allocation).isoformat(),
             "input_hit_tokens": 3_000_000, "input_miss_tokens": 7_000_000, "output_tokens": 2_500_000}
     body.update(overrides)
     return body

@@ -15,7 +15,7 @@ from matching import services as matching
 from tests.factories import NodeFactory, admin_user, make_listing
 from tests.marketplace.helpers import assert_error, card_hours_body, tokens_body
 
-from .helpers import OCCURRED, assert_books_balance, balance, token_allocation, usage_event_body
+from .helpers import assert_books_balance, balance, occurred_for, token_allocation, usage_event_body
 
 pytestmark = pytest.mark.django_db
 
@@ -71,7 +71,7 @@ def test_two_buyers_refunded_with_the_same_reference_each_get_their_refund(finan
     buyers = [client_for(is_supplier=False, is_buyer=True) for _ in range(2)]
     allocations = [token_allocation(supplier_client.organisation, b) for b in buyers]
     usage_record_batch(organisation_id=supplier_client.organisation.pk, events=[
-        UsageIn(f"e{n}", a.pk, OCCURRED, 0, 1_000_000 * (n + 1), 0) for n, a in enumerate(allocations)])
+        UsageIn(f"e{n}", a.pk, occurred_for(a), 0, 1_000_000 * (n + 1), 0) for n, a in enumerate(allocations)])
     settlement.settle_pending_usage()
     charges = [Charge.objects.get(allocation=a, kind="input_miss_tokens") for a in allocations]  # 2 and 4 CNY
     before = [balance(b.organisation.pk, "buyer_wallet") for b in buyers]
@@ -89,7 +89,7 @@ def test_two_suppliers_reporting_the_same_event_id_each_store_their_event(client
     first = token_allocation(suppliers[0].organisation, buyer_client)
     # the second supplier's endpoint is cheaper, so the next token order goes to it
     make_listing(NodeFactory(organisation=suppliers[1].organisation), token_endpoint=market.TokenEndpoint(
-        "DeepSeek-V3", Decimal("0.4"), Decimal("1.9"), Decimal("7.9")))
+        "DeepSeek-V3", Decimal("0.4"), Decimal("1.9"), Decimal("7.9"), tokens_per_minute=10**9))
     order = buyer_client.post("/api/v1/orders", tokens_body(), format="json").json()["id"]
     matching.round_run(bucket="tokens")
     allocations = [first, Allocation.objects.get(order_id=order)]

@@ -17,7 +17,7 @@ from marketplace.models import Allocation, Role
 
 from tests.marketplace.helpers import assert_error
 
-from .helpers import OCCURRED, usage_event_body as _event
+from .helpers import occurred_for, usage_event_body as _event
 
 BATCH = "/api/v1/usage-events/batch"
 SINGLE = "/api/v1/usage-events"
@@ -143,11 +143,12 @@ def test_mixed_batch_answers_each_event_in_order(supplier_client, token_allocati
 
 @pytest.mark.django_db
 def test_an_offset_is_stored_in_utc_and_replays_match_in_any_spelling(supplier_client, token_allocation):
-    moment = OCCURRED.astimezone(dt_timezone(timedelta(hours=8)))
+    occurred = occurred_for(token_allocation)
+    moment = occurred.astimezone(dt_timezone(timedelta(hours=8)))
     first = _batch(supplier_client, [_event(token_allocation, "tz", occurred_at=moment.isoformat())])
     assert first.json()["results"][0]["status"] == "created"
-    assert UsageEvent.objects.get(event_id="tz").occurred_at == OCCURRED
-    zulu = OCCURRED.isoformat().replace("+00:00", "Z")
+    assert UsageEvent.objects.get(event_id="tz").occurred_at == occurred
+    zulu = occurred.isoformat().replace("+00:00", "Z")
     again = supplier_client.post(SINGLE, _event(token_allocation, "tz", occurred_at=zulu), format="json")
     assert again.status_code == 200 and again.json()["status"] == "replayed"
 
