@@ -9,12 +9,9 @@ from django.utils import timezone
 
 from marketplace.models import AllocationPart
 
-from .metering import CLOCK_SKEW, MAX_EVENT_AGE, UsageIn, usage_record_batch
+from .metering import CLOCK_SKEW, MAX_EVENT_AGE, TOO_OLD, UsageIn, usage_record_batch, usage_rejected
 from .models import UsageClaim
 from .rating import TokenPrices, rate_tokens
-
-_TOO_OLD = f"Must be within the last {MAX_EVENT_AGE.days} days."
-
 
 def exchange_metered_allocations(*, organisation_id: int, allocation_ids: set[int]) -> dict[int, TokenPrices]:
     """Of these allocations, the caller's token allocations on listings the exchange meters,
@@ -37,8 +34,7 @@ def usage_claims_record(*, organisation_id: int, events: list[UsageIn], prices: 
     results, rows = [], []
     for event in events:
         if event.occurred_at < now - MAX_EVENT_AGE or event.occurred_at > now + CLOCK_SKEW:
-            results.append({"event_id": event.event_id, "status": "rejected", "code": "out_of_period",
-                            "error": {"occurred_at": [_TOO_OLD]}})
+            results.append(usage_rejected(event.event_id, "out_of_period", "occurred_at", TOO_OLD))
             continue
         amount = rate_tokens(prices=prices[event.allocation_id], input_hit=event.input_hit_tokens,
                              input_miss=event.input_miss_tokens, output=event.output_tokens).total

@@ -294,7 +294,7 @@ _TOTALS_ADD = (
     " AS d(a, amount, tokens, latest, over, imp) WHERE u.allocation_id = d.a")
 _REFUSED_DELETE = "DELETE FROM billing_usageevent WHERE organisation_id = %b::bigint AND event_id = ANY(%b::text[])"
 _NO_ALLOCATION = "No token allocation of yours that takes usage has this id."
-_TOO_OLD = f"Must be within the last {MAX_EVENT_AGE.days} days."
+TOO_OLD = f"Must be within the last {MAX_EVENT_AGE.days} days."
 
 
 def _binary_cursor() -> psycopg.Cursor:
@@ -341,7 +341,7 @@ def usage_bounds(*, organisation_id: int, allocation_ids) -> dict[int, _Bounds]:
     return bounds
 
 
-def _rejected(event_id: str, code: str, field: str, message: str) -> dict:
+def usage_rejected(event_id: str, code: str, field: str, message: str) -> dict:
     return {"event_id": event_id, "status": "rejected", "code": code, "error": {field: [message]}}
 
 
@@ -379,14 +379,14 @@ def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None)
             hashes[i] = digest = sha256(f'[{allocation_id}, "{moment}", {hit}, {miss}, {out}]'.encode()).hexdigest()
             bound = bounds.get(allocation_id)
             if bound is None:
-                results[i] = _rejected(event_id, "unknown_allocation", "allocation", _NO_ALLOCATION)
+                results[i] = usage_rejected(event_id, "unknown_allocation", "allocation", _NO_ALLOCATION)
             elif occurred_at < oldest or occurred_at > newest:
-                results[i] = _rejected(event_id, "out_of_period", "occurred_at", _TOO_OLD)
+                results[i] = usage_rejected(event_id, "out_of_period", "occurred_at", TOO_OLD)
             elif occurred_at < bound.start - CLOCK_SKEW or occurred_at > bound.end + CLOCK_SKEW:
-                results[i] = _rejected(event_id, "out_of_period", "occurred_at", (
+                results[i] = usage_rejected(event_id, "out_of_period", "occurred_at", (
                     f"Outside the allocation's live period, {bound.start.isoformat()} to {bound.end.isoformat()}."))
             elif now > bound.end + late_grace:
-                results[i] = _rejected(event_id, "out_of_period", "occurred_at", (
+                results[i] = usage_rejected(event_id, "out_of_period", "occurred_at", (
                     f"Reported too late: usage must arrive within {late_grace} of the allocation's end."))
             elif event_id not in first:
                 first[event_id] = i
@@ -429,12 +429,12 @@ def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None)
                 latest = occurred_at if bound.latest is None or occurred_at > bound.latest else bound.latest
                 if bound.tokens + tokens > bound.capacity_at(latest):
                     bound.implausible += 1
-                    results[first[event_id]] = _rejected(event_id, "implausible", "output_tokens", (
+                    results[first[event_id]] = usage_rejected(event_id, "implausible", "output_tokens", (
                         f"More tokens than the endpoint ({bound.per_minute} tokens a minute) could have served "
                         f"since {bound.start.isoformat()}."))
                 elif bound.amount + cost > bound.max_spend:
                     bound.over += 1
-                    results[first[event_id]] = _rejected(event_id, "over_budget", "allocation", (
+                    results[first[event_id]] = usage_rejected(event_id, "over_budget", "allocation", (
                         f"The allocation's usage would cost more than its max_spend of {bound.max_spend} CNY "
                         f"({bound.amount} accepted so far)."))
                 else:
@@ -467,7 +467,7 @@ def usage_record_batch(*, organisation_id: int, events: list[UsageIn], now=None)
         if original is None and event_id in first:  # a repeat, in this batch, of an event refused above
             results[i] = {**results[first[event_id]], "event_id": event_id}
         elif original is None:
-            results[i] = _rejected(event_id, "not_stored", "event_id", "Not stored.")
+            results[i] = usage_rejected(event_id, "not_stored", "event_id", "Not stored.")
         elif original[0] != hashes[i]:
             results[i] = {"event_id": event_id, "status": "conflict", "code": "idempotency_conflict",
                           "error": {"event_id": ["Already used with a different payload."]}}
