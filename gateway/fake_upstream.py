@@ -10,7 +10,10 @@ registered with base URL ``http://host:port/<mode>/v1`` gets
 - ``nousage``   no usage at all;
 - ``fail``      500 on every request;
 - ``stall``     waits 30 s before answering;
-- ``break``     streams 3 content chunks, then drops the connection (no usage, no [DONE]);
+- ``break``     streams 3 content chunks, pauses 1 s, then drops the connection (no usage, no
+                [DONE]); the pause lets the gateway relay the chunks first, since bytes that
+                arrive together with the drop are lost to the reader (aiohttp raises the error
+                before handing out what it buffered) and would count as never delivered;
 - ``flaky-N-<tag>``  500 for the first N requests (per tag), then like ``openai``.
 
 Anything after a dash is a tag (``fail-a``, ``fail-b``): alike in behaviour, counted apart.
@@ -28,6 +31,7 @@ import orjson
 STATS: dict = {"requests": Counter(), "auth": {}, "include_usage": {}}
 JSON = [(b"content-type", b"application/json")]
 SSE = [(b"content-type", b"text/event-stream")]
+BREAK_PAUSE = 1.0  # seconds between the last chunk and the drop in ``break`` mode
 CREATED = 1_700_000_000
 
 
@@ -113,6 +117,7 @@ async def app(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(first) + b"\n\n", "more_body": True})
     for i in range(count):
         if behaviour == "break" and i == 3:
+            await asyncio.sleep(BREAK_PAUSE)
             raise ConnectionAbortedError("the fake upstream drops the stream on purpose")
         choice = ({"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None} if chat
                   else {"index": 0, "text": f"tok{i} ", "finish_reason": None})

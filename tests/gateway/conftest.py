@@ -8,8 +8,9 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from gateway.buffer import redis_sync
+from gateway.buffer import FLUSH_LOCK, redis_sync
 from gateway.servers import Flusher, Server
+from tests.workers import wait_for
 
 
 def gateway_env() -> dict:
@@ -42,9 +43,14 @@ def gateway(django_db_setup, django_db_blocker, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def clean_gateway_redis():
-    """Budgets, counters and buffered events of earlier tests (their rows are gone)."""
+    """Budgets, counters and buffered events of earlier tests (their rows are gone) are cleared
+    before each test. After it, the flush lock is taken (once a running flush let it go) and kept
+    until the next test clears it: the database is truncated between transactional tests, and a
+    flusher writing endpoint outcomes while TRUNCATE takes its locks table by table deadlocks it."""
     client = redis_sync()
     keys = list(client.scan_iter("gw:*", count=1000))
     if keys:
         client.delete(*keys)
     yield
+    wait_for(lambda: client.set(FLUSH_LOCK, "test-teardown", nx=True, px=30_000), timeout=30,
+             what="the gateway flusher to finish")
