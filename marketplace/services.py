@@ -217,11 +217,28 @@ def listing_create(*, organisation: Organisation, node_id: int, cards: int, star
             price_output_per_m=token_endpoint.price_output_per_m if token_endpoint else None,
             tokens_per_minute=token_endpoint.tokens_per_minute if token_endpoint else None,
         )
-        ListingHour.objects.bulk_create([
-            ListingHour(listing=listing, node=node, hour=h, node_cards=node.card_count, cards_offered=cards)
-            for h in range(first, last)
-        ], batch_size=2000)
+        _calendar_insert(listing=listing, node=node, first=first, last=last, cards=cards)
         return listing
+
+
+_CALENDAR_INSERT = """
+INSERT INTO marketplace_listinghour (listing_id, node_id, hour, node_cards, cards_offered, cards_sold)
+SELECT %s, %s, h, %s, %s, 0 FROM generate_series(%s::int, %s::int - 1) AS h
+"""
+
+
+def _calendar_insert(*, listing: Listing, node: Node, first: int, last: int, cards: int) -> None:
+    """The listing's hours ``[first, last)`` on the slot calendar. On PostgreSQL one statement
+    generates the rows server-side (a 90-day listing is 2,160 rows: no model objects, no
+    parameters per row); elsewhere (the embedded SQLite default) the ORM inserts them."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_CALENDAR_INSERT, [listing.pk, node.pk, node.card_count, cards, first, last])
+        return
+    ListingHour.objects.bulk_create([
+        ListingHour(listing=listing, node=node, hour=h, node_cards=node.card_count, cards_offered=cards)
+        for h in range(first, last)
+    ], batch_size=500)
 
 
 def listing_update(*, organisation: Organisation, listing_id: int, ask_per_card_hour: Decimal | None = None,
