@@ -17,7 +17,7 @@ from billing.models import Charge, Dispute
 from tests.factories import admin_user
 from tests.marketplace.helpers import assert_error
 
-from .helpers import OCCURRED, assert_books_balance, balance, token_allocation
+from .helpers import assert_books_balance, balance, occurred_for, token_allocation
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +33,7 @@ def charged(supplier_client, buyer_client):
     """A settled input-miss charge of 20 CNY (1.60 commission, 18.40 to the supplier)."""
     allocation = token_allocation(supplier_client.organisation, buyer_client)
     usage_record_batch(organisation_id=supplier_client.organisation.pk,
-                       events=[UsageIn("e", allocation.pk, OCCURRED, 0, 10_000_000, 0)])
+                       events=[UsageIn("e", allocation.pk, occurred_for(allocation), 0, 10_000_000, 0)])
     settlement.settle_pending_usage()
     return Charge.objects.get(kind="input_miss_tokens")
 
@@ -129,7 +129,7 @@ def test_two_buyers_using_the_same_dispute_reference_each_get_their_dispute(supp
     buyers = [client_for(is_supplier=False, is_buyer=True) for _ in range(2)]
     allocations = [token_allocation(supplier_client.organisation, b) for b in buyers]
     usage_record_batch(organisation_id=supplier_client.organisation.pk, events=[
-        UsageIn(f"e{n}", a.pk, OCCURRED, 0, 1_000_000, 0) for n, a in enumerate(allocations)])
+        UsageIn(f"e{n}", a.pk, occurred_for(a), 0, 1_000_000, 0) for n, a in enumerate(allocations)])
     settlement.settle_pending_usage()
     answers = [b.post(f"/api/v1/charges/{Charge.objects.get(allocation=a).pk}/dispute",
                       {"reason": "x", "reference": "ticket-1"}, format="json") for b, a in zip(buyers, allocations)]

@@ -12,7 +12,7 @@ from gateway import services
 from gateway.models import SupplierEndpoint, UsageDiscrepancy
 from gateway.servers import free_port
 from gateway.tasks import endpoint_check
-from tests.billing.helpers import OCCURRED
+from tests.billing.helpers import occurred_for
 from tests.factories import NodeFactory, make_listing
 from tests.workers import wait_for
 from marketplace import services as market
@@ -96,7 +96,7 @@ def test_supplier_reports_are_claims_and_an_over_reporting_supplier_is_flagged(g
     # when the supplier reports ten times that through the usage-event API
     reporter = client_for(supplier)
     response = reporter.post("/api/v1/usage-events", {
-        "event_id": "own-1", "allocation": allocation.pk, "occurred_at": OCCURRED.isoformat(),
+        "event_id": "own-1", "allocation": allocation.pk, "occurred_at": occurred_for(allocation).isoformat(),
         "input_hit_tokens": 1200, "input_miss_tokens": 1800, "output_tokens": 150}, format="json")
     open_count = services.usage_reconcile()
 
@@ -121,7 +121,7 @@ def test_an_honest_supplier_report_is_not_flagged(gateway, upstream, buyer_clien
     flushed_events(1)
 
     client_for(supplier).post("/api/v1/usage-events/batch", {"events": [{
-        "event_id": "own-1", "allocation": allocation.pk, "occurred_at": OCCURRED.isoformat(),
+        "event_id": "own-1", "allocation": allocation.pk, "occurred_at": occurred_for(allocation).isoformat(),
         "input_hit_tokens": 30, "input_miss_tokens": 70, "output_tokens": 5}]}, format="json")
 
     assert services.usage_reconcile() == 0
