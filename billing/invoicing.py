@@ -223,8 +223,10 @@ def disputes_withheld(*, supplier_id: int) -> Decimal:
 
 def charge_refund(*, charge_id: int, amount: Decimal, reason: str, reference: str) -> Charge:
     """Give a buyer back part or all of a charge: the supplier returns its share and the platform
-    its commission, in proportion. Idempotent by ``reference``. InsufficientFunds (409) if the
-    supplier has already been paid more than it still holds."""
+    its commission, in proportion. Idempotent by ``reference``. The supplier's share comes from
+    its payable; what that no longer holds (it was paid out before the refund) the supplier owes:
+    its receivable, repaid from its next earnings, as for a charge reversed after a failure. The
+    buyer is never kept waiting on the supplier's balance."""
     amount = exact(Decimal(amount))
     if amount <= 0:
         raise ValidationFailed.on("amount", "Must be positive.")
@@ -247,10 +249,16 @@ def charge_refund(*, charge_id: int, amount: Decimal, reason: str, reference: st
         _key_share_orders([charge.order_id], allocation_ids=[charge.allocation_id])
         wallet = account_get_or_create(organisation_id=charge.buyer_id, kind=Account.Kind.BUYER_WALLET)
         payable = account_get_or_create(organisation_id=charge.supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE)
+        receivable = account_get_or_create(organisation_id=charge.supplier_id,
+                                           kind=Account.Kind.SUPPLIER_RECEIVABLE)
         platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION)
-        accounts_lock(account_ids=[wallet.pk, payable.pk, platform.pk])
+        locked = accounts_lock(account_ids=[wallet.pk, payable.pk, receivable.pk, platform.pk])
+        share = amount - fee
+        from_payable = min(share, max(Decimal(0), locked[payable.pk].balance))
+        legs = [(payable.pk, -from_payable), (receivable.pk, -(share - from_payable)), (platform.pk, -fee),
+                (wallet.pk, amount)]
         transfer, _ = transfer_post(idempotency_id=f"refund:{reference}", kind="refund", memo=reason[:300],
-                                    legs=[(payable.pk, -(amount - fee)), (platform.pk, -fee), (wallet.pk, amount)])
+                                    legs=[leg for leg in legs if leg[1]])
         now = timezone.now()
         return Charge.objects.create(
             buyer_id=charge.buyer_id, supplier_id=charge.supplier_id, order_id=charge.order_id,

@@ -155,3 +155,33 @@ def test_a_large_dispute_refund_waits_for_a_second_admin(charged, supplier_clien
     done = buyer_client.get(f"/api/v1/disputes/{dispute['id']}").json()
     assert done["status"] == "refunded" and Decimal(done["refunded"]) == 20 and done["refund"] is not None
     assert_books_balance()
+
+
+def test_a_dispute_after_the_payout_is_refunded_whole_and_the_supplier_owes_it_from_its_next_earnings(
+        charged, supplier_client, buyer_client):
+    # given the supplier was paid its 18.40 before the buyer disputed
+    supplier, buyer = supplier_client.organisation.pk, buyer_client.organisation.pk
+    finance = api_as(admin_user("fin", "billing.pay_out", "billing.resolve_dispute"))
+    assert Decimal(finance.post(f"/api/v1/admin/organisations/{supplier}/payouts", {"reference": "w-1"},
+                                format="json").json()["amount"]) == Decimal("18.4")
+    dispute = buyer_client.post(f"/api/v1/charges/{charged.pk}/dispute", {"reason": "empty answers"},
+                                format="json").json()
+    wallet = balance(buyer, "buyer_wallet")
+
+    # when an admin refunds all 20
+    resolved = finance.post(f"/api/v1/admin/disputes/{dispute['id']}/resolve",
+                            {"outcome": "refund", "reason": "all empty"}, format="json")
+
+    # then the buyer has its 20 back, the supplier owes its 18.40 share and the platform gave back 1.60
+    assert resolved.status_code == 200 and resolved.json()["status"] == "refunded", resolved.content
+    assert balance(buyer, "buyer_wallet") == wallet + 20
+    assert (balance(supplier, "supplier_payable"), balance(supplier, "supplier_receivable")) == (0, Decimal("-18.4"))
+    # and its next earnings repay that first: 10 CNY more (9.20 its share) leaves 9.20 owed, none payable
+    allocation = token_allocation(supplier_client.organisation, buyer_client)
+    usage_record_batch(organisation_id=supplier, events=[
+        UsageIn("later", allocation.pk, occurred_for(allocation), 0, 5_000_000, 0)])
+    settlement.settle_pending_usage()
+    assert (balance(supplier, "supplier_payable"), balance(supplier, "supplier_receivable")) == (0, Decimal("-9.2"))
+    assert_error(finance.post(f"/api/v1/admin/organisations/{supplier}/payouts", {"reference": "w-2"}, format="json"),
+                 409, code="nothing_to_pay")
+    assert_books_balance()

@@ -25,7 +25,8 @@ related party, and the books balance after every step.
 Adversaries (issue 9): a supplier over-reporting (more than its endpoint can serve, more than
 the buyer's max_spend) or reporting outside the allocation's live period, buyers disputing
 charges and admins refunding or rejecting them, staff without the operation's permission, and a
-large top-up waiting for a second admin. Their invariants: no token allocation costs more than
+large top-up waiting for a second admin. A refund after the supplier was paid out takes what its
+payable no longer holds into its receivable: the buyer gets the refund whole either way. Their invariants: no token allocation costs more than
 its max_spend, no buyer is charged more than the sum of its max_spend and other holds, metering's
 running totals equal the stored events, disputes match the model and payouts leave what open
 disputes withhold.
@@ -228,10 +229,13 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
 
         def refunded(self, charge: dict, amount: Decimal, fee: Decimal, refund: Charge) -> None:
             """A refund of ``amount`` of ``charge`` was booked as ``refund``: the supplier and the
-            platform give back their shares, the buyer's wallet gets it all."""
+            platform give back their shares, the buyer's wallet gets it all. The supplier's share
+            comes from its payable, and what that no longer holds becomes its receivable."""
             assert (refund.kind, refund.amount, refund.commission) == (Charge.Kind.REFUND, -amount, -fee)
             buyer = charge["buyer"]
-            self.move(self.supplier, PAYABLE, -(amount - fee))
+            from_payable = min(amount - fee, max(ZERO, self.balance(self.supplier, PAYABLE)))
+            self.move(self.supplier, PAYABLE, -from_payable)
+            self.move(self.supplier, RECEIVABLE, -(amount - fee - from_payable))
             self.move(None, COMMISSION, -fee)
             self.move(buyer, WALLET, amount)
             self.flows[buyer]["refunds"] += amount
@@ -534,8 +538,8 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             fee = exact(amount * charge["commission"] / charge["amount"])
             if amount > left:
                 self.refused(ValidationFailed, call)
-            elif self.balance(self.supplier, PAYABLE) < amount - fee or self.balance(None, COMMISSION) < fee:
-                self.refused(services.InsufficientFunds, call)  # the supplier was paid out meanwhile
+            elif self.balance(None, COMMISSION) < fee:
+                self.refused(services.InsufficientFunds, call)  # the platform never overdraws its commission
             else:
                 result = call()
                 self.refunded(charge, amount, fee, result)
@@ -824,8 +828,8 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             if amount > charge["amount"] - charge["refunded"]:
                 self.refused(ValidationFailed, call)  # refunded directly meanwhile
                 return
-            if self.balance(self.supplier, PAYABLE) < amount - fee or self.balance(None, COMMISSION) < fee:
-                self.refused(services.InsufficientFunds, call)  # the supplier was paid out before the dispute
+            if self.balance(None, COMMISSION) < fee:
+                self.refused(services.InsufficientFunds, call)  # the platform never overdraws its commission
                 return
             result = call()
             assert (result.status, result.refunded) == ("refunded", amount)
