@@ -3,16 +3,16 @@ import random
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from marketplace import services
 from marketplace.models import ChipType, ListingHour, Order, Region
-from marketplace.selectors import sliding_min, earliest_runs
+from marketplace.hours import hour_start
+from marketplace.selectors import earliest_runs, window_mins
 from matching.engine.calendar import earliest_run
 
-from tests.factories import NodeFactory, OrganisationFactory, make_listing
+from tests.factories import NodeFactory, OrganisationFactory, make_listing, next_hour
 
-from .helpers import assert_error, card_hours_body, tokens_body
+from .helpers import assert_error, card_hours_body, iso, tokens_body
 
 pytestmark = pytest.mark.django_db
 
@@ -99,19 +99,20 @@ def test_quote_validates_like_an_order(buyer_client):
 
 
 
-def test_earliest_runs_in_sql_agree_with_the_python_scan():
-    """The set-based search for a node's first free run (quotes, explain) gives exactly what the
-    engine's linear scan gives, on calendars with gaps, partly sold hours and missing hours."""
-    # given five listings of 48 hours with random sales and a few hours missing from the calendar
+def test_earliest_runs_from_sold_runs_agree_with_the_python_scan():
+    """The search for a node's first free run (quotes, explain), which reads only the listings'
+    bounds and their sold hours, gives exactly what the engine's linear scan of every calendar row
+    gives, on calendars with partly sold hours, listings starting late and ending early."""
+    # given five listings with random sales, two of them not spanning the whole window
     rng = random.Random(11)
-    listings = [make_listing(NodeFactory(), hours=48) for _ in range(5)]
+    listings = [make_listing(NodeFactory(), hours=48) for _ in range(3)]
+    listings.append(make_listing(NodeFactory(), hours=20))  # ends mid-window
+    listings.append(make_listing(NodeFactory(), hours=30, start=next_hour(12)))  # starts mid-window
     for listing in listings:
         for row in ListingHour.objects.filter(listing=listing):
             row.cards_sold = rng.choice([0, 0, 0, 2, 5, 8])
             row.save(update_fields=["cards_sold"])
-        ListingHour.objects.filter(listing=listing, hour=listing.hours.order_by("hour")[rng.randrange(48)].hour).delete()
     first = min(listing.hours.order_by("hour").first().hour for listing in listings)
-    assert connection.vendor == "postgresql"
     for duration in (1, 2, 3, 5, 8, 13):
         for need in (1, 3, 6, 8):
             for lo, hi in ((first, first + 48), (first + 7, first + 30)):
@@ -119,15 +120,81 @@ def test_earliest_runs_in_sql_agree_with_the_python_scan():
                 found = earliest_runs(needs={l.pk: need for l in listings}, first=lo, last=hi, duration=duration)
                 # then they agree listing by listing
                 for listing in listings:
-                    free = dict(ListingHour.objects.filter(listing=listing).values_list("hour", "cards_offered"))
-                    sold = dict(ListingHour.objects.filter(listing=listing).values_list("hour", "cards_sold"))
-                    series = [free.get(h, 0) - sold.get(h, 0) for h in range(lo, hi)]
+                    series = _free_series(listing, lo, hi)
                     start = earliest_run(series, duration, need)
                     assert found.get(listing.pk) == (None if start is None else lo + start), (duration, need, lo)
 
 
+def _free_series(listing, lo: int, hi: int) -> list[int]:
+    """Free cards of every hour in ``[lo, hi)`` from every calendar row (0 where there is none)."""
+    rows = dict((h, o - s) for h, o, s in ListingHour.objects.filter(listing=listing).values_list(
+        "hour", "cards_offered", "cards_sold"))
+    return [rows.get(h, 0) for h in range(lo, hi)]
+
+
 @pytest.mark.parametrize("width", [1, 2, 3, 7, 20, 21])
-def test_thesliding_minimum_is_the_minimum_of_every_window(width):
+def test_window_minimum_over_pieces_is_the_minimum_of_every_window(width):
+    # given a random series of 21 hours cut into runs of equal values
     rng = random.Random(width)
-    values = [rng.randrange(9) for _ in range(20)]
-    assert sliding_min(values, width) == [min(values[i:i + width]) for i in range(len(values) - width + 1)]
+    values = [rng.choice([0, 3, 3, 8, 8, 8]) for _ in range(21)]
+    pieces, at = [], 0
+    for h in range(1, 22):
+        if h == 21 or values[h] != values[at]:
+            pieces.append((100 + at, 100 + h, values[at]))
+            at = h
+    starts = sorted(rng.sample(range(21 - width + 1), k=min(5, 21 - width + 1)))
+    # when the window minimums are read off the pieces
+    mins = window_mins(pieces, [100 + s for s in starts], width)
+    # then each is the minimum of the hours in its window
+    assert mins == [min(values[s:s + width]) for s in starts]
+
+
+def _reference_fabric_start(members, need: int, duration: int, lo: int, hi: int):
+    """The per-hour fill the same-fabric quote made before it read sold runs: cheapest first,
+    every start in turn."""
+    members = sorted(members, key=lambda l: (l.ask_per_card_hour, l.pk))
+    series = [_free_series(m, lo, hi) for m in members]
+    for start in range(hi - lo - duration + 1):
+        remaining, used, ask = need, 0, Decimal(0)
+        for member, free in zip(members, series):
+            take = min(min(free[start:start + duration]), remaining)
+            if take >= max(1, member.min_cards):
+                remaining, used, ask = remaining - take, used + 1, max(ask, member.ask_per_card_hour)
+            if remaining == 0:
+                return lo + start, used, ask
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_same_fabric_quote_agrees_with_the_per_hour_fill(buyer_client, seed):
+    """A fabric with busy members, a member ending mid-window and one starting late: the quote's
+    best offer is the one the per-hour fill finds."""
+    # given one fabric of four nodes with random sales in blocks
+    rng = random.Random(seed)
+    supplier = OrganisationFactory()
+    members = [make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=40, ask="10"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=40, ask="11"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=18, ask="9"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=30, ask="12",
+                            start=next_hour(9), min_cards=4)]
+    for listing in members:
+        hours = list(listing.hours.order_by("hour").values_list("hour", flat=True))
+        for _ in range(5):
+            at = rng.choice(hours)
+            ListingHour.objects.filter(listing=listing, hour__gte=at, hour__lt=at + rng.randint(1, 6)).update(
+                cards_sold=rng.choice([2, 5, 8]))
+    lo = members[0].hours.order_by("hour").first().hour
+    for cards, duration in ((12, 3), (16, 6), (20, 2), (24, 4), (9, 10), (32, 3), (32, 12)):
+        # when the market is quoted for a same-fabric run over the whole window
+        body = card_hours_body(cards=cards, duration_hours=duration, placement="same_fabric", window_hours=42,
+                               max_price_per_card_hour="100")
+        quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+        # then it offers what the per-hour fill finds, at the same start, nodes and ask
+        expected = _reference_fabric_start(members, cards, duration, lo, lo + 42)
+        if expected is None:
+            assert quote["offers"] == 0, (cards, duration)
+        else:
+            start, used, ask = expected
+            offer = quote["best_offer"]
+            assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
+                iso(hour_start(start)), used, ask), (cards, duration)
