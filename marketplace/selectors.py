@@ -14,8 +14,8 @@ from django.utils import timezone
 from config.errors import NotFound
 from matching.engine.geo import region_allows
 
-from .demand import (CardHoursDemand, Catalogue, TokensDemand, catalogue_load, region_info, region_rule,
-                     regions_by_id, resolve_card_hours, resolve_tokens)
+from .demand import (CardHoursDemand, Catalogue, ResolvedCardHours, TokensDemand, catalogue_load, region_info,
+                     region_rule, regions_by_id, resolve_card_hours, resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start
 from .models import Allocation, ApiKey, Listing, ListingHour, Node, Order, Organisation, Region, RelatedParty
 
@@ -140,6 +140,7 @@ class CardHourMarket:
     sold: dict[int, list[tuple[int, int, int]]]
     catalogue: Catalogue
     by_id: dict[int, Region]
+    by_ask: list[_Supply]  # the same listings, cheapest first
 
     def covers(self, first: int, last: int) -> bool:
         return self.first <= first and last <= self.last
@@ -190,7 +191,8 @@ def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=No
             runs.sort()
     catalogue = catalogue or catalogue_load()
     return CardHourMarket(first=first, last=last, listings=rows, sold=dict(sold), catalogue=catalogue,
-                          by_id={r.pk: r for r in catalogue.regions.values()})
+                          by_id={r.pk: r for r in catalogue.regions.values()},
+                          by_ask=sorted(rows, key=lambda r: (r.ask, -r.listing_id)))
 
 
 def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand,
@@ -204,47 +206,9 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand,
     ``market``: supply already read (``card_hour_market_load``) for quoting many demands; used
     when it covers the demand's window, else the supply is read for this demand alone.
     """
-    resolved = resolve_card_hours(demand, organisation=organisation, catalogue=market.catalogue if market else None)
-    by_id = market.by_id if market else regions_by_id()
-    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in resolved.regions],
-                       home_region_id=organisation.home_region_id, by_id=by_id, lat=demand.region.lat, lon=demand.region.lon,
-                       radius_km=demand.region.radius_km)
-    allowed_regions = {pk for pk, region in by_id.items() if region_allows(rule, region_info(region, by_id))}
-    cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
-    chip_codes = {o.chip.pk: o.chip.code for o in resolved.options}
-    first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
-    last = hour_index(demand.latest_end)
+    search = _search(organisation, demand, market)
+    offers = _offers(search)
     duration = demand.duration_hours
-    if market is None or not market.covers(first, last):
-        market = card_hour_market_load(first=first, last=last, chip_ids=cards_for_chip, region_ids=allowed_regions,
-                                       interconnects=demand.interconnects, max_min_hours=duration,
-                                       catalogue=market.catalogue if market else None)
-
-    listings = [s for s in market.listings
-                if s.chip_id in cards_for_chip and s.region_id in allowed_regions and s.min_hours <= duration
-                and (not demand.interconnects or s.interconnect in demand.interconnects)
-                and s.start_hour < last and s.end_hour > first]
-    offers: list[_Offer] = []
-    if demand.placement == "single_node":
-        for s in listings:
-            need = cards_for_chip[s.chip_id]
-            if need < s.min_cards:
-                continue
-            start = _earliest_free_run(s, need, first, last, duration, market.sold.get(s.listing_id, ()))
-            if start is not None:
-                offers.append(_Offer(chip_codes[s.chip_id], by_id[s.region_id].code, s.ask, need, start, 1))
-    else:
-        groups: dict[tuple, list[_Supply]] = defaultdict(list)
-        for s in listings:
-            if s.fabric_id:
-                groups[(s.organisation_id, s.fabric_id, s.chip_id)].append(s)
-        for (_, _, chip_id), members in groups.items():
-            offer = _fabric_offer(members, cards_for_chip[chip_id], duration, first, last, market.sold)
-            if offer is not None:
-                lead, ask, start, used = offer
-                offers.append(_Offer(chip_codes[chip_id], by_id[lead.region_id].code, ask, cards_for_chip[chip_id],
-                                     start, used))
-
     limit = demand.max_price_per_card_hour
     feasible = [o for o in offers if o.ask <= limit]
     best = min(feasible or offers, key=lambda o: (o.ask, o.start_hour), default=None)
@@ -258,10 +222,111 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand,
             "start": hour_start(best.start_hour), "nodes": best.nodes,
             "estimated_cost": best.ask * best.cards * duration, "within_limit": best.ask <= limit,
         },
-        "chip_options": [{"chip": o.chip.code, "cards": o.cards} for o in resolved.options],
-        "memory_needed_gb": resolved.needed_gb,
+        "chip_options": [{"chip": o.chip.code, "cards": o.cards} for o in search.resolved.options],
+        "memory_needed_gb": search.resolved.needed_gb,
         "depth": _depth(offers, lambda o: o.ask, lambda o: o.cards * duration, "card_hours"),
     }
+
+
+def quote_card_hours_cheapest(*, organisation: Organisation, demand: CardHoursDemand,
+                              market: CardHourMarket | None = None) -> Decimal | None:
+    """The least ask among the offers ``quote_card_hours`` makes for this demand (None when it
+    makes none), found without listing every offer: listings are tried cheapest first and the
+    search stops as soon as nothing cheaper can follow. For callers that only need whether the
+    market offers anything and at what price (buyer figures)."""
+    search = _search(organisation, demand, market)
+    if search.placement == "single_node":
+        for s in search.market.by_ask:
+            if search.admits(s) and _single_offer(search, s) is not None:
+                return s.ask
+        return None
+    best = None
+    groups = sorted(_fabric_groups(search).items(), key=lambda kv: min(m.ask for m in kv[1]))
+    for (_, _, chip_id), members in groups:
+        if best is not None and min(m.ask for m in members) >= best:
+            break  # a fabric's ask is at least its cheapest member's
+        offer = _fabric_offer(members, search.cards_for_chip[chip_id], search.duration, search.first, search.last,
+                              search.market.sold)
+        if offer is not None and (best is None or offer[1] < best):
+            best = offer[1]
+    return best
+
+
+@dataclass(frozen=True)
+class _Search:
+    """A card-hour demand resolved against the market it is quoted on."""
+    resolved: ResolvedCardHours
+    market: CardHourMarket
+    placement: str
+    interconnects: frozenset[str]
+    allowed_regions: frozenset[int]
+    cards_for_chip: dict[int, int]
+    chip_codes: dict[int, str]
+    first: int
+    last: int
+    duration: int
+
+    def admits(self, s: _Supply) -> bool:
+        """Every hard constraint but free capacity."""
+        return (s.chip_id in self.cards_for_chip and s.region_id in self.allowed_regions
+                and s.min_hours <= self.duration and (not self.interconnects or s.interconnect in self.interconnects)
+                and s.start_hour < self.last and s.end_hour > self.first)
+
+
+def _search(organisation: Organisation, demand: CardHoursDemand, market: CardHourMarket | None) -> _Search:
+    resolved = resolve_card_hours(demand, organisation=organisation, catalogue=market.catalogue if market else None)
+    by_id = market.by_id if market else regions_by_id()
+    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in resolved.regions],
+                       home_region_id=organisation.home_region_id, by_id=by_id, lat=demand.region.lat,
+                       lon=demand.region.lon, radius_km=demand.region.radius_km)
+    allowed_regions = frozenset(pk for pk, region in by_id.items() if region_allows(rule, region_info(region, by_id)))
+    cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
+    first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
+    last = hour_index(demand.latest_end)
+    if market is None or not market.covers(first, last):
+        market = card_hour_market_load(first=first, last=last, chip_ids=cards_for_chip, region_ids=allowed_regions,
+                                       interconnects=demand.interconnects, max_min_hours=demand.duration_hours,
+                                       catalogue=market.catalogue if market else None)
+    return _Search(resolved=resolved, market=market, placement=demand.placement,
+                   interconnects=frozenset(demand.interconnects or ()), allowed_regions=allowed_regions,
+                   cards_for_chip=cards_for_chip, chip_codes={o.chip.pk: o.chip.code for o in resolved.options},
+                   first=first, last=last, duration=demand.duration_hours)
+
+
+def _single_offer(search: _Search, s: _Supply) -> _Offer | None:
+    need = search.cards_for_chip[s.chip_id]
+    if need < s.min_cards:
+        return None
+    start = _earliest_free_run(s, need, search.first, search.last, search.duration,
+                               search.market.sold.get(s.listing_id, ()))
+    if start is None:
+        return None
+    return _Offer(search.chip_codes[s.chip_id], search.market.by_id[s.region_id].code, s.ask, need, start, 1)
+
+
+def _fabric_groups(search: _Search) -> dict[tuple, list[_Supply]]:
+    """Admitted listings on a fabric, by supplier, fabric and chip (in listing order)."""
+    groups: dict[tuple, list[_Supply]] = defaultdict(list)
+    for s in search.market.listings:
+        if s.fabric_id and search.admits(s):
+            groups[(s.organisation_id, s.fabric_id, s.chip_id)].append(s)
+    return groups
+
+
+def _offers(search: _Search) -> list[_Offer]:
+    """Every offer, in listing order (newest listing first)."""
+    if search.placement == "single_node":
+        return [o for o in (_single_offer(search, s) for s in search.market.listings if search.admits(s))
+                if o is not None]
+    offers = []
+    for (_, _, chip_id), members in _fabric_groups(search).items():
+        offer = _fabric_offer(members, search.cards_for_chip[chip_id], search.duration, search.first, search.last,
+                              search.market.sold)
+        if offer is not None:
+            lead, ask, start, used = offer
+            offers.append(_Offer(search.chip_codes[chip_id], search.market.by_id[lead.region_id].code, ask,
+                                 search.cards_for_chip[chip_id], start, used))
+    return offers
 
 
 def _earliest_free_run(listing: _Supply, need: int, first: int, last: int, duration: int, sold) -> int | None:

@@ -14,7 +14,8 @@ from config.errors import ApplicationError
 from marketplace.demand import RegionPolicySpec, demand_from_order
 from marketplace.models import Allocation, ChipType, Listing, Node, Order, Organisation
 from marketplace.hours import current_hour_index, hour_index
-from marketplace.selectors import CardHourMarket, card_hour_market_load, order_get, order_list, quote_card_hours
+from marketplace.selectors import (CardHourMarket, card_hour_market_load, order_get, order_list, quote_card_hours,
+                                   quote_card_hours_cheapest)
 
 from .models import MatchReview, MatchRound
 
@@ -42,8 +43,8 @@ def order_explain(*, organisation: Organisation, order_id: int, with_alternative
     ``no_capacity_in_window``; ``price_gap`` (best feasible ask X against the bid Y); otherwise
     ``matchable`` (it is in the money and the next round should match it).
 
-    ``with_alternatives=False`` gives the reasons only, without searching for alternatives (the
-    costly part), for callers that only count reasons (``billing.figures``).
+    ``with_alternatives=False`` gives the reasons only (and a top-up for missing funds), without
+    searching for alternatives or the best offer, for callers that only count reasons.
     """
     order = order_get(organisation=organisation, order_id=order_id)
     pending = order.allocations.filter(status=Allocation.Status.PENDING_REVIEW).select_related("review").first()
@@ -106,17 +107,22 @@ def _explain(order: Order, organisation: Organisation, *, pending: Allocation | 
             first, last = _order_window(order)
             # every quote below reads this one snapshot of the supply (all chips and regions)
             market = card_hour_market_load(first=first, last=last) if first < last else None
-        quote = quote_card_hours(organisation=organisation, market=market, demand=dataclasses.replace(
-            demand, max_price_per_card_hour=NO_PRICE_LIMIT))
+        unlimited = dataclasses.replace(demand, max_price_per_card_hour=NO_PRICE_LIMIT)
+        if with_alternatives:
+            quote = quote_card_hours(organisation=organisation, market=market, demand=unlimited)
+            best_price = quote["best_price"]
+        else:  # the price alone decides the reason
+            quote, best_price = None, quote_card_hours_cheapest(organisation=organisation, market=market,
+                                                                demand=unlimited)
     except ApplicationError as exc:
         out["reasons"].append({"code": "window_closed", "message": exc.message})
         return out
 
-    chips = [o.chip_id for o in order.chip_options.all()]
-    on_sale = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
-                                     node__status=Node.Status.ACTIVE, end__gt=order.earliest_start)
     bid = order.max_price_per_card_hour
-    if quote["offers"] == 0:
+    if best_price is None:
+        chips = [o.chip_id for o in order.chip_options.all()]
+        on_sale = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
+                                         node__status=Node.Status.ACTIVE, end__gt=order.earliest_start)
         if not on_sale.filter(node__chip_id__in=chips).exists():
             out["reasons"].append({"code": "no_chip_fits", "message": "No acceptable chip is on sale in your window."})
         elif not _any_in_regions(order, organisation, demand, market):
@@ -129,11 +135,12 @@ def _explain(order: Order, organisation: Organisation, *, pending: Allocation | 
         else:
             out["reasons"].append({"code": "capacity_taken",
                                    "message": "Nodes that fit are sold out for long enough runs in your window."})
-    elif quote["best_price"] > bid:
-        out["reasons"].append({"code": "price_gap", "best_feasible_ask": str(quote["best_price"]), "bid": str(bid),
-                               "message": f"The best feasible ask is {quote['best_price']} against your bid {bid}."})
-        out["alternatives"].append({"kind": "price", "max_price_per_card_hour": str(quote["best_price"]),
-                                    "offer": jsonable(quote["best_offer"])})
+    elif best_price > bid:
+        out["reasons"].append({"code": "price_gap", "best_feasible_ask": str(best_price), "bid": str(bid),
+                               "message": f"The best feasible ask is {best_price} against your bid {bid}."})
+        if quote is not None:
+            out["alternatives"].append({"kind": "price", "max_price_per_card_hour": str(best_price),
+                                        "offer": jsonable(quote["best_offer"])})
     else:
         out["reasons"].append({"code": "matchable", "message": "Feasible offers are within your price; the next "
                                                                 "matching round should match it."})
@@ -158,7 +165,7 @@ def _funds_short(order: Order, available: Decimal) -> dict | None:
 
 def _any_in_regions(order, organisation, demand, market: CardHourMarket | None) -> bool:
     relaxed = dataclasses.replace(demand, max_price_per_card_hour=NO_PRICE_LIMIT, interconnects=[])
-    return quote_card_hours(organisation=organisation, demand=relaxed, market=market)["offers"] > 0 or \
+    return quote_card_hours_cheapest(organisation=organisation, demand=relaxed, market=market) is not None or \
         order.region_policy == "anywhere"
 
 

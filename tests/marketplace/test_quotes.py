@@ -1,5 +1,6 @@
 """Quotes show the market without creating anything."""
 import random
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from marketplace import services
 from marketplace.models import ChipType, ListingHour, Order, Region
 from marketplace.hours import hour_start
-from marketplace.selectors import earliest_runs, window_mins
+from marketplace.demand import CardHoursDemand, RegionPolicySpec
+from marketplace.selectors import earliest_runs, quote_card_hours, quote_card_hours_cheapest, window_mins
 from matching.engine.calendar import earliest_run
 
 from tests.factories import NodeFactory, OrganisationFactory, make_listing, next_hour
@@ -46,6 +48,23 @@ def test_quote_counts_offers_best_price_and_depth(buyer_client, market):
     assert [Decimal(l["price"]) for l in depth[("nvidia-h800-sxm", "CN-GZ-GA")]["levels"]] == [9, 11]
     assert depth[("nvidia-h800-sxm", "CN-GZ-GA")]["levels"][0]["card_hours"] == 12
     assert not Order.objects.exists()
+
+
+@pytest.mark.parametrize("cards,interconnects,region", [
+    (4, [], RegionPolicySpec()), (8, [], RegionPolicySpec()), (4, ["roce"], RegionPolicySpec()),
+    (4, [], RegionPolicySpec(policy="regions", regions=["CN-SH"])), (16, [], RegionPolicySpec()),
+])
+def test_cheapest_first_search_finds_the_quotes_best_price(buyer_client, market, cards, interconnects, region):
+    # given the market with a sold-out cheapest node, and a demand
+    demand = CardHoursDemand(duration_hours=3, earliest_start=next_hour(1), latest_end=next_hour(25),
+                             max_price_per_card_hour=Decimal("12"), chips=["nvidia-h800-sxm", "huawei-ascend-910b"],
+                             cards=cards, interconnects=interconnects, region=region)
+    # when the cheapest ask is searched for, and the market quoted
+    cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
+    quote = quote_card_hours(organisation=buyer_client.organisation, demand=demand)
+    # then it is the quote's best price (above the limit too), never the sold-out node's 5.00
+    assert cheapest == quote["best_price"]
+    assert cheapest != Decimal("5")
 
 
 def test_quote_respects_region_and_interconnect(buyer_client, market):
@@ -191,6 +210,12 @@ def test_same_fabric_quote_agrees_with_the_per_hour_fill(buyer_client, seed):
         quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
         # then it offers what the per-hour fill finds, at the same start, nodes and ask
         expected = _reference_fabric_start(members, cards, duration, lo, lo + 42)
+        # and the cheapest-first search finds the same price
+        demand = CardHoursDemand(duration_hours=duration, earliest_start=next_hour(1),
+                                 latest_end=next_hour(1) + timedelta(hours=42), max_price_per_card_hour=Decimal("100"),
+                                 chips=["nvidia-h800-sxm"], cards=cards, placement="same_fabric")
+        cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
+        assert cheapest == (None if quote["best_price"] is None else Decimal(quote["best_price"]))
         if expected is None:
             assert quote["offers"] == 0, (cards, duration)
         else:
