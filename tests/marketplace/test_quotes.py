@@ -50,6 +50,25 @@ def test_quote_counts_offers_best_price_and_depth(buyer_client, market):
     assert not Order.objects.exists()
 
 
+def test_quote_starts_after_a_sold_hour_and_within_a_listing_ending_mid_window(buyer_client):
+    # given a node listed for 24 hours with 6 of its 8 cards sold in its third hour,
+    # and a dearer node listed for its first 4 hours only
+    busy = make_listing(NodeFactory(), ask="9")
+    first = busy.hours.order_by("hour").first().hour
+    ListingHour.objects.filter(listing=busy, hour=first + 2).update(cards_sold=6)
+    make_listing(NodeFactory(), ask="10", hours=4)
+    # when 4 cards are quoted for 3 hours: the busy node's first free run starts after the sold hour
+    quote = buyer_client.post("/api/v1/quotes", card_hours_body(), format="json").json()
+    assert quote["offers"] == 2 and Decimal(quote["best_price"]) == 9
+    assert quote["best_offer"]["start"] == iso(hour_start(first + 3))
+    # and 2 cards fit through the sold hour, from the first hour
+    quote = buyer_client.post("/api/v1/quotes", card_hours_body(cards=2), format="json").json()
+    assert quote["best_offer"]["start"] == iso(hour_start(first))
+    # and 5 hours fit only the 24-hour node, after its sold hour
+    quote = buyer_client.post("/api/v1/quotes", card_hours_body(duration_hours=5), format="json").json()
+    assert quote["offers"] == 1 and quote["best_offer"]["start"] == iso(hour_start(first + 3))
+
+
 @pytest.mark.parametrize("cards,interconnects,region", [
     (4, [], RegionPolicySpec()), (8, [], RegionPolicySpec()), (4, ["roce"], RegionPolicySpec()),
     (4, [], RegionPolicySpec(policy="regions", regions=["CN-SH"])), (16, [], RegionPolicySpec()),
