@@ -160,8 +160,9 @@ def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=No
                           max_min_hours: int | None = None, listing_ids=None,
                           catalogue: Catalogue | None = None) -> CardHourMarket:
     """The supply quotes read over hours ``[first, last)``, narrowed in SQL by whichever filters
-    are given (None: no filter). Two queries whatever the window: the listings, and the sold runs
-    through the partial index of sold hours (``listinghour_sold``); no per-hour row is read."""
+    are given (None: no filter). Two queries whatever the window (and the catalogue's two unless
+    given): the listings, and the sold runs through the partial index of sold hours
+    (``listinghour_sold``); no unsold calendar row is read."""
     listings = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
                                       node__status=Node.Status.ACTIVE, start__lt=hour_start(last),
                                       end__gt=hour_start(first))
@@ -274,8 +275,9 @@ class _Search:
 
 
 def _search(organisation: Organisation, demand: CardHoursDemand, market: CardHourMarket | None) -> _Search:
-    resolved = resolve_card_hours(demand, organisation=organisation, catalogue=market.catalogue if market else None)
-    by_id = market.by_id if market else regions_by_id()
+    catalogue = market.catalogue if market else catalogue_load()
+    resolved = resolve_card_hours(demand, organisation=organisation, catalogue=catalogue)
+    by_id = market.by_id if market else {r.pk: r for r in catalogue.regions.values()}
     rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in resolved.regions],
                        home_region_id=organisation.home_region_id, by_id=by_id, lat=demand.region.lat,
                        lon=demand.region.lon, radius_km=demand.region.radius_km)
@@ -286,7 +288,7 @@ def _search(organisation: Organisation, demand: CardHoursDemand, market: CardHou
     if market is None or not market.covers(first, last):
         market = card_hour_market_load(first=first, last=last, chip_ids=cards_for_chip, region_ids=allowed_regions,
                                        interconnects=demand.interconnects, max_min_hours=demand.duration_hours,
-                                       catalogue=market.catalogue if market else None)
+                                       catalogue=catalogue)
     return _Search(resolved=resolved, market=market, placement=demand.placement,
                    interconnects=frozenset(demand.interconnects or ()), allowed_regions=allowed_regions,
                    cards_for_chip=cards_for_chip, chip_codes={o.chip.pk: o.chip.code for o in resolved.options},
@@ -350,7 +352,7 @@ def earliest_runs(*, needs: dict[int, int], first: int, last: int, duration: int
     """For each active card-hour listing id in ``needs`` (listing -> cards needed), the first hour
     in ``[first, last)`` that starts ``duration`` consecutive hours with that many cards free.
 
-    Two queries (the listings' bounds, their sold runs); the unsold calendar rows are never read.
+    Reads the listings' bounds and their sold runs; the unsold calendar rows are never read.
     """
     if not needs or last - first < duration:
         return {}
