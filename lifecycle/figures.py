@@ -17,10 +17,10 @@ from billing.selectors import wallet_balances
 from marketplace.hours import hour_index
 from marketplace.models import ListingHour, Node, Order, Organisation
 from matching.models import NodeFailure
-from matching.selectors import order_explain
+from matching.selectors import order_wait_reasons
 
 ZERO = Decimal(0)
-EXPLAINED_ORDERS = 50  # open orders explained one by one; more are counted, not explained
+EXPLAINED_ORDERS = 50  # the newest open orders whose reasons are given; more are counted, not explained
 SPEND_KINDS = (Charge.Kind.CARD_HOURS, Charge.Kind.INPUT_HIT, Charge.Kind.INPUT_MISS, Charge.Kind.OUTPUT)
 
 
@@ -65,10 +65,8 @@ def buyer_figures(*, organisation: Organisation, start: datetime, end: datetime)
     credits = by_kind.get(Charge.Kind.SERVICE_CREDIT, ZERO)
     refunds = by_kind.get(Charge.Kind.REFUND, ZERO)
     open_orders = Order.objects.filter(organisation=organisation, status=Order.Status.OPEN).order_by("-pk")
-    waiting = Counter()
-    for pk in open_orders.values_list("pk", flat=True)[:EXPLAINED_ORDERS]:
-        reasons = order_explain(organisation=organisation, order_id=pk, with_alternatives=False)["reasons"]
-        waiting[reasons[0]["code"] if reasons else "unknown"] += 1
+    waiting = Counter(order_wait_reasons(organisation=organisation, order_ids=list(
+        open_orders.values_list("pk", flat=True)[:EXPLAINED_ORDERS])).values())
     statuses = dict(Order.objects.filter(organisation=organisation).values_list("status").annotate(n=Count("id")))
     return {
         "period": {"start": start, "end": end},

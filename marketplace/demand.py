@@ -248,8 +248,10 @@ def order_region_rule(order: Order, by_id: dict[int, Region]) -> RegionRule:
 
 
 def demand_from_order(order: Order) -> CardHoursDemand:
-    """The card-hours demand an existing order stands for (what it was created from)."""
-    options = list(order.chip_options.select_related("chip"))
+    """The card-hours demand an existing order stands for (what it was created from). Reads its
+    chip options and allowed regions through ``all()``: prefetch them (``order_list`` does) where
+    many orders are read."""
+    options = list(order.chip_options.all())
     common = dict(
         duration_hours=order.duration_hours, earliest_start=order.earliest_start, latest_end=order.latest_end,
         max_price_per_card_hour=order.max_price_per_card_hour, placement=order.placement or Order.Placement.SINGLE_NODE,

@@ -257,6 +257,10 @@ class ListingHour(models.Model):
       offers more cards than the node has (``cards_offered <= node_cards``);
     - slots are never oversold (``0 <= cards_sold <= cards_offered``).
     Together: no card-hour of a node is ever sold twice.
+
+    And by the services (quotes rely on it): an *active* listing has a row for every hour of its
+    ``[start, end)`` and, where nothing is sold, ``cards_offered`` is the listing's ``cards``;
+    only withdrawing removes or shrinks rows, and it makes the listing inactive at the same time.
     """
 
     listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="hours")
@@ -274,7 +278,12 @@ class ListingHour(models.Model):
                                    name="listinghour_never_oversold"),
             models.CheckConstraint(condition=Q(cards_offered__lte=F("node_cards")), name="listinghour_within_node"),
         ]
-        indexes = [models.Index(fields=["listing", "hour"], name="listinghour_listing_hour")]
+        indexes = [
+            models.Index(fields=["listing", "hour"], name="listinghour_listing_hour"),
+            # Sold hours are few beside listed ones: quotes read the free calendar as the listing's
+            # [start, end) minus these rows, never scanning every listed hour.
+            models.Index(fields=["listing", "hour"], name="listinghour_sold", condition=Q(cards_sold__gt=0)),
+        ]
 
 
 class RegionPolicy(models.TextChoices):

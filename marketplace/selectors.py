@@ -12,11 +12,10 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.errors import NotFound
-from matching.engine.calendar import earliest_run
 from matching.engine.geo import region_allows
 
-from .demand import (CardHoursDemand, TokensDemand, region_info, region_rule, regions_by_id, resolve_card_hours,
-                     resolve_tokens)
+from .demand import (CardHoursDemand, Catalogue, ResolvedCardHours, TokensDemand, catalogue_load, region_info,
+                     region_rule, regions_by_id, resolve_card_hours, resolve_tokens)
 from .hours import current_hour_index, hour_index, hour_start
 from .models import Allocation, ApiKey, Listing, ListingHour, Node, Order, Organisation, Region, RelatedParty
 
@@ -108,62 +107,109 @@ class _Offer:
     nodes: int
 
 
-def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> dict:
+@dataclass(frozen=True)
+class _Supply:
+    """One active card-hour listing as plain data: what a quote needs of it and of its node."""
+    listing_id: int
+    organisation_id: int
+    ask: Decimal
+    cards: int
+    min_cards: int
+    min_hours: int
+    start_hour: int
+    end_hour: int
+    chip_id: int
+    region_id: int
+    interconnect: str
+    fabric_id: str
+
+
+@dataclass(frozen=True)
+class CardHourMarket:
+    """The card-hour supply over hours ``[first, last)``, read once for one or many quotes.
+
+    ``listings`` are the active card-hour listings on active nodes overlapping the window, newest
+    first (the order quotes have always listed them in). ``sold`` holds, per listing, the runs of
+    hours with some cards sold as ``(from_hour, to_hour, free_cards)``, sorted: every other hour of
+    an active listing's ``[start, end)`` has all its ``cards`` free (``ListingHour``'s contract), so
+    the free calendar never needs the unsold rows.
+    """
+    first: int
+    last: int
+    listings: list[_Supply]
+    sold: dict[int, list[tuple[int, int, int]]]
+    catalogue: Catalogue
+    by_id: dict[int, Region]
+    by_ask: list[_Supply]  # the same listings, cheapest first
+
+    def covers(self, first: int, last: int) -> bool:
+        return self.first <= first and last <= self.last
+
+
+_SOLD_RUNS = """
+SELECT listing_id, free, min(hour), max(hour) + 1 FROM (
+    SELECT listing_id, hour, cards_offered - cards_sold AS free,
+           hour - row_number() OVER (PARTITION BY listing_id, cards_offered - cards_sold ORDER BY hour) AS run
+    FROM marketplace_listinghour
+    WHERE cards_sold > 0 AND listing_id = ANY(%s) AND hour >= %s AND hour < %s
+) sold GROUP BY listing_id, free, run
+"""
+
+
+def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=None, interconnects=None,
+                          max_min_hours: int | None = None, listing_ids=None,
+                          catalogue: Catalogue | None = None) -> CardHourMarket:
+    """The supply quotes read over hours ``[first, last)``, narrowed in SQL by whichever filters
+    are given (None: no filter). Two queries whatever the window (and the catalogue's two unless
+    given): the listings, and the sold runs through the partial index of sold hours
+    (``listinghour_sold``); no unsold calendar row is read."""
+    listings = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
+                                      node__status=Node.Status.ACTIVE, start__lt=hour_start(last),
+                                      end__gt=hour_start(first))
+    if chip_ids is not None:
+        listings = listings.filter(node__chip_id__in=list(chip_ids))
+    if region_ids is not None:
+        listings = listings.filter(node__region_id__in=list(region_ids))
+    if interconnects:
+        listings = listings.filter(node__interconnect__in=list(interconnects))
+    if max_min_hours is not None:
+        listings = listings.filter(min_hours__lte=max_min_hours)
+    if listing_ids is not None:
+        listings = listings.filter(pk__in=list(listing_ids))
+    rows = [_Supply(pk, org, ask, cards, min_cards, min_hours, hour_index(start), hour_index(end), chip, region,
+                    interconnect, fabric)
+            for pk, org, ask, cards, min_cards, min_hours, start, end, chip, region, interconnect, fabric
+            in listings.order_by("-id").values_list(
+                "pk", "organisation_id", "ask_per_card_hour", "cards", "min_cards", "min_hours", "start", "end",
+                "node__chip_id", "node__region_id", "node__interconnect", "node__fabric_id")]
+    sold: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    if rows:
+        with connection.cursor() as cursor:
+            cursor.execute(_SOLD_RUNS, [[r.listing_id for r in rows], first, last])
+            for listing_id, free, run_from, run_to in cursor.fetchall():
+                sold[listing_id].append((run_from, run_to, free))
+        for runs in sold.values():
+            runs.sort()
+    catalogue = catalogue or catalogue_load()
+    return CardHourMarket(first=first, last=last, listings=rows, sold=dict(sold), catalogue=catalogue,
+                          by_id={r.pk: r for r in catalogue.regions.values()},
+                          by_ask=sorted(rows, key=lambda r: (r.ask, -r.listing_id)))
+
+
+def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand,
+                     market: CardHourMarket | None = None) -> dict:
     """What the market offers for this demand right now, without creating anything.
 
     An offer is one placement that meets every hard constraint (chip fit with that chip's card
     count, interconnect, region, a contiguous run of free slots in the window, the listing's
     minimum rental). It is *feasible* when its ask is also within the buyer's limit.
+
+    ``market``: supply already read (``card_hour_market_load``) for quoting many demands; used
+    when it covers the demand's window, else the supply is read for this demand alone.
     """
-    resolved = resolve_card_hours(demand, organisation=organisation)
-    by_id = regions_by_id()
-    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in resolved.regions],
-                       home_region_id=organisation.home_region_id, by_id=by_id, lat=demand.region.lat, lon=demand.region.lon,
-                       radius_km=demand.region.radius_km)
-    cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
-    first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
-    last = hour_index(demand.latest_end)
+    search = _search(organisation, demand, market)
+    offers = _offers(search)
     duration = demand.duration_hours
-
-    listings = list(Listing.objects.filter(
-        status=Listing.Status.ACTIVE, token_model__isnull=True, node__status=Node.Status.ACTIVE,
-        node__chip_id__in=cards_for_chip.keys(), min_hours__lte=duration,
-        start__lt=hour_start(last), end__gt=hour_start(first),
-    ).select_related("node", "node__chip"))
-    if demand.interconnects:
-        listings = [l for l in listings if l.node.interconnect in demand.interconnects]
-    listings = [l for l in listings if region_allows(rule, region_info(by_id[l.node.region_id], by_id))]
-
-    free: dict[int, dict[int, int]] = defaultdict(dict)
-    if demand.placement != "single_node":
-        for listing_id, hour, offered, sold in ListingHour.objects.filter(
-                listing_id__in=[l.pk for l in listings if l.node.fabric_id], hour__gte=first, hour__lt=last
-        ).values_list("listing_id", "hour", "cards_offered", "cards_sold"):
-            free[listing_id][hour] = offered - sold
-
-    def free_series(listing: Listing) -> list[int]:
-        hours = free.get(listing.pk, {})
-        return [hours.get(h, 0) for h in range(first, last)]
-
-    offers: list[_Offer] = []
-    if demand.placement == "single_node":
-        needs = {l.pk: cards_for_chip[l.node.chip_id] for l in listings
-                 if cards_for_chip[l.node.chip_id] >= l.min_cards}
-        starts = earliest_runs(needs=needs, first=first, last=last, duration=duration)
-        for listing in listings:
-            if listing.pk in starts:
-                offers.append(_Offer(listing.node.chip.code, by_id[listing.node.region_id].code,
-                                     listing.ask_per_card_hour, needs[listing.pk], starts[listing.pk], 1))
-    else:
-        groups: dict[tuple, list[Listing]] = defaultdict(list)
-        for listing in listings:
-            if listing.node.fabric_id:
-                groups[(listing.organisation_id, listing.node.fabric_id, listing.node.chip_id)].append(listing)
-        for (_, _, chip_id), members in groups.items():
-            offer = _fabric_offer(members, cards_for_chip[chip_id], duration, free_series, first, by_id)
-            if offer is not None:
-                offers.append(offer)
-
     limit = demand.max_price_per_card_hour
     feasible = [o for o in offers if o.ask <= limit]
     best = min(feasible or offers, key=lambda o: (o.ask, o.start_hour), default=None)
@@ -177,85 +223,219 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand) -> 
             "start": hour_start(best.start_hour), "nodes": best.nodes,
             "estimated_cost": best.ask * best.cards * duration, "within_limit": best.ask <= limit,
         },
-        "chip_options": [{"chip": o.chip.code, "cards": o.cards} for o in resolved.options],
-        "memory_needed_gb": resolved.needed_gb,
+        "chip_options": [{"chip": o.chip.code, "cards": o.cards} for o in search.resolved.options],
+        "memory_needed_gb": search.resolved.needed_gb,
         "depth": _depth(offers, lambda o: o.ask, lambda o: o.cards * duration, "card_hours"),
     }
 
 
-_EARLIEST_RUNS = """
-SELECT listing_id, min(island_start) FROM (
-    SELECT listing_id, min(hour) AS island_start FROM (
-        SELECT lh.listing_id, lh.hour,
-               lh.hour - row_number() OVER (PARTITION BY lh.listing_id ORDER BY lh.hour) AS island
-        FROM marketplace_listinghour lh
-        JOIN unnest(%s::bigint[], %s::int[]) AS need(listing_id, cards) ON need.listing_id = lh.listing_id
-        WHERE lh.hour >= %s AND lh.hour < %s AND lh.cards_offered - lh.cards_sold >= need.cards
-    ) free GROUP BY listing_id, island HAVING count(*) >= %s
-) runs GROUP BY listing_id
-"""
+def quote_card_hours_cheapest(*, organisation: Organisation, demand: CardHoursDemand,
+                              market: CardHourMarket | None = None) -> Decimal | None:
+    """The least ask among the offers ``quote_card_hours`` makes for this demand (None when it
+    makes none), found without listing every offer: listings are tried cheapest first and the
+    search stops as soon as nothing cheaper can follow. For callers that only need whether the
+    market offers anything and at what price (buyer figures)."""
+    search = _search(organisation, demand, market)
+    if search.placement == "single_node":
+        for s in search.market.by_ask:
+            if search.admits(s) and _single_offer(search, s) is not None:
+                return s.ask
+        return None
+    best = None
+    groups = sorted(_fabric_groups(search).items(), key=lambda kv: min(m.ask for m in kv[1]))
+    for (_, _, chip_id), members in groups:
+        if best is not None and min(m.ask for m in members) >= best:
+            break  # a fabric's ask is at least its cheapest member's
+        offer = _fabric_offer(members, search.cards_for_chip[chip_id], search.duration, search.first, search.last,
+                              search.market.sold)
+        if offer is not None and (best is None or offer[1] < best):
+            best = offer[1]
+    return best
+
+
+@dataclass(frozen=True)
+class _Search:
+    """A card-hour demand resolved against the market it is quoted on."""
+    resolved: ResolvedCardHours
+    market: CardHourMarket
+    placement: str
+    interconnects: frozenset[str]
+    allowed_regions: frozenset[int]
+    cards_for_chip: dict[int, int]
+    chip_codes: dict[int, str]
+    first: int
+    last: int
+    duration: int
+
+    def admits(self, s: _Supply) -> bool:
+        """Every hard constraint but free capacity."""
+        return (s.chip_id in self.cards_for_chip and s.region_id in self.allowed_regions
+                and s.min_hours <= self.duration and (not self.interconnects or s.interconnect in self.interconnects)
+                and s.start_hour < self.last and s.end_hour > self.first)
+
+
+def _search(organisation: Organisation, demand: CardHoursDemand, market: CardHourMarket | None) -> _Search:
+    catalogue = market.catalogue if market else catalogue_load()
+    resolved = resolve_card_hours(demand, organisation=organisation, catalogue=catalogue)
+    by_id = market.by_id if market else {r.pk: r for r in catalogue.regions.values()}
+    rule = region_rule(policy=demand.region.policy, allowed_codes=[r.code for r in resolved.regions],
+                       home_region_id=organisation.home_region_id, by_id=by_id, lat=demand.region.lat,
+                       lon=demand.region.lon, radius_km=demand.region.radius_km)
+    allowed_regions = frozenset(pk for pk, region in by_id.items() if region_allows(rule, region_info(region, by_id)))
+    cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
+    first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
+    last = hour_index(demand.latest_end)
+    if market is None or not market.covers(first, last):
+        market = card_hour_market_load(first=first, last=last, chip_ids=cards_for_chip, region_ids=allowed_regions,
+                                       interconnects=demand.interconnects, max_min_hours=demand.duration_hours,
+                                       catalogue=catalogue)
+    return _Search(resolved=resolved, market=market, placement=demand.placement,
+                   interconnects=frozenset(demand.interconnects or ()), allowed_regions=allowed_regions,
+                   cards_for_chip=cards_for_chip, chip_codes={o.chip.pk: o.chip.code for o in resolved.options},
+                   first=first, last=last, duration=demand.duration_hours)
+
+
+def _single_offer(search: _Search, s: _Supply) -> _Offer | None:
+    need = search.cards_for_chip[s.chip_id]
+    if need < s.min_cards:
+        return None
+    start = _earliest_free_run(s, need, search.first, search.last, search.duration,
+                               search.market.sold.get(s.listing_id, ()))
+    if start is None:
+        return None
+    return _Offer(search.chip_codes[s.chip_id], search.market.by_id[s.region_id].code, s.ask, need, start, 1)
+
+
+def _fabric_groups(search: _Search) -> dict[tuple, list[_Supply]]:
+    """Admitted listings on a fabric, by supplier, fabric and chip (in listing order)."""
+    groups: dict[tuple, list[_Supply]] = defaultdict(list)
+    for s in search.market.listings:
+        if s.fabric_id and search.admits(s):
+            groups[(s.organisation_id, s.fabric_id, s.chip_id)].append(s)
+    return groups
+
+
+def _offers(search: _Search) -> list[_Offer]:
+    """Every offer, in listing order (newest listing first)."""
+    if search.placement == "single_node":
+        return [o for o in (_single_offer(search, s) for s in search.market.listings if search.admits(s))
+                if o is not None]
+    offers = []
+    for (_, _, chip_id), members in _fabric_groups(search).items():
+        offer = _fabric_offer(members, search.cards_for_chip[chip_id], search.duration, search.first, search.last,
+                              search.market.sold)
+        if offer is not None:
+            lead, ask, start, used = offer
+            offers.append(_Offer(search.chip_codes[chip_id], search.market.by_id[lead.region_id].code, ask,
+                                 search.cards_for_chip[chip_id], start, used))
+    return offers
+
+
+def _earliest_free_run(listing: _Supply, need: int, first: int, last: int, duration: int, sold) -> int | None:
+    """First hour in ``[first, last)`` starting ``duration`` consecutive hours of ``listing`` with
+    ``need`` cards free, from its bounds and its sold runs alone (linear in the sold runs)."""
+    if need > listing.cards:
+        return None
+    at, end = max(first, listing.start_hour), min(last, listing.end_hour)
+    for run_from, run_to, free in sold:
+        if run_to <= at or free >= need:
+            continue
+        if run_from >= end:
+            break
+        if run_from - at >= duration:
+            return at
+        at = run_to
+    return at if end - at >= duration else None
 
 
 def earliest_runs(*, needs: dict[int, int], first: int, last: int, duration: int) -> dict[int, int]:
-    """For each listing id in ``needs`` (listing -> cards needed), the first hour in
-    ``[first, last)`` that starts ``duration`` consecutive hours with that many cards free.
+    """For each active card-hour listing id in ``needs`` (listing -> cards needed), the first hour
+    in ``[first, last)`` that starts ``duration`` consecutive hours with that many cards free.
 
-    Set-based on PostgreSQL (gaps and islands over the ``(listing, hour)`` index: the calendar
-    rows never come into Python); elsewhere the rows are read and scanned with ``earliest_run``.
+    Reads the listings' bounds and their sold runs; the unsold calendar rows are never read.
     """
     if not needs or last - first < duration:
         return {}
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_EARLIEST_RUNS, [list(needs), list(needs.values()), first, last, duration])
-            return dict(cursor.fetchall())
-    free: dict[int, dict[int, int]] = defaultdict(dict)
-    for listing_id, hour, offered, sold in ListingHour.objects.filter(
-            listing_id__in=list(needs), hour__gte=first, hour__lt=last
-    ).values_list("listing_id", "hour", "cards_offered", "cards_sold"):
-        free[listing_id][hour] = offered - sold
+    market = card_hour_market_load(first=first, last=last, listing_ids=needs)
     starts = {}
-    for listing_id, need in needs.items():
-        hours = free.get(listing_id, {})
-        start = earliest_run([hours.get(h, 0) for h in range(first, last)], duration, need)
+    for s in market.listings:
+        start = _earliest_free_run(s, needs[s.listing_id], first, last, duration, market.sold.get(s.listing_id, ()))
         if start is not None:
-            starts[listing_id] = first + start
+            starts[s.listing_id] = start
     return starts
 
 
-def sliding_min(values: list[int], width: int) -> list[int]:
-    """``[min(values[i:i + width]) for i in range(len(values) - width + 1)]`` in linear time
-    (a monotonic deque of candidate indexes)."""
+def _free_profile(listing: _Supply, first: int, last: int, sold) -> list[tuple[int, int, int]]:
+    """The listing's free cards over ``[first, last)`` as contiguous ``(from, to, free)`` pieces
+    (zero outside its ``[start, end)``)."""
+    lo, hi = max(first, listing.start_hour), min(last, listing.end_hour)
+    if lo >= hi:
+        return [(first, last, 0)]
+    pieces = [(first, lo, 0)] if first < lo else []
+    at = lo
+    for run_from, run_to, free in sold:
+        run_from, run_to = max(run_from, lo), min(run_to, hi)
+        if run_from >= run_to:
+            continue
+        if at < run_from:
+            pieces.append((at, run_from, listing.cards))
+        pieces.append((run_from, run_to, free))
+        at = run_to
+    if at < hi:
+        pieces.append((at, hi, listing.cards))
+    if hi < last:
+        pieces.append((hi, last, 0))
+    return pieces
+
+
+def window_mins(pieces: list[tuple[int, int, int]], starts: list[int], width: int) -> list[int]:
+    """For each of the ascending ``starts``, the least value of the contiguous ``pieces`` over
+    hours ``[start, start + width)`` (a monotonic deque of candidate pieces; linear in pieces and
+    starts). Every window must lie within the pieces."""
     out: list[int] = []
     candidates: deque[int] = deque()
-    for i, value in enumerate(values):
-        while candidates and values[candidates[-1]] >= value:
-            candidates.pop()
-        candidates.append(i)
-        if candidates[0] <= i - width:
+    j = 0
+    for start in starts:
+        while j < len(pieces) and pieces[j][0] < start + width:
+            while candidates and pieces[candidates[-1]][2] >= pieces[j][2]:
+                candidates.pop()
+            candidates.append(j)
+            j += 1
+        while pieces[candidates[0]][1] <= start:
             candidates.popleft()
-        if i >= width - 1:
-            out.append(values[candidates[0]])
+        out.append(pieces[candidates[0]][2])
     return out
 
 
-def _fabric_offer(members: list[Listing], need: int, duration: int, free_series, first: int,
-                  by_id: dict[int, Region]) -> _Offer | None:
-    """Cheapest-first fill of one fabric: add nodes until their common free cards cover ``need``."""
-    members = sorted(members, key=lambda l: (l.ask_per_card_hour, l.pk))
-    # free cards of each member over every window of ``duration`` hours, in one pass per member
-    window_mins = [sliding_min(free_series(l), duration) for l in members]
-    for start in range(len(window_mins[0]) if window_mins else 0):
+def _fabric_offer(members: list[_Supply], need: int, duration: int, first: int, last: int,
+                  sold: dict[int, list]) -> tuple[_Supply, Decimal, int, int] | None:
+    """Cheapest-first fill of one fabric: add nodes until their common free cards cover ``need``,
+    at the earliest start that allows it; as ``(cheapest member, ask, start hour, nodes used)``.
+
+    The members' free cards are piecewise constant, so whether the fill succeeds changes only
+    where a window starts or ends at a piece boundary: only those starts are tried.
+    """
+    if last - first < duration:
+        return None
+    members = sorted(members, key=lambda l: (l.ask, l.listing_id))
+    profiles = [_free_profile(m, first, last, sold.get(m.listing_id, ())) for m in members]
+    latest = last - duration
+    starts = {first}
+    for pieces in profiles:
+        for piece_from, _, _ in pieces:
+            starts.update(s for s in (piece_from, piece_from - duration + 1) if first <= s <= latest)
+    starts = sorted(starts)
+    mins = [window_mins(pieces, starts, duration) for pieces in profiles]
+    for i, start in enumerate(starts):
         remaining, used, ask = need, 0, Decimal(0)
-        for listing, mins in zip(members, window_mins):
-            take = min(mins[start], remaining)
-            if take >= max(1, listing.min_cards):
+        for member, member_mins in zip(members, mins):
+            take = min(member_mins[i], remaining)
+            if take >= max(1, member.min_cards):
                 remaining -= take
                 used += 1
-                ask = max(ask, listing.ask_per_card_hour)
+                ask = max(ask, member.ask)
             if remaining == 0:
-                lead = members[0]
-                return _Offer(lead.node.chip.code, by_id[lead.node.region_id].code, ask, need, first + start, used)
+                return members[0], ask, start, used
     return None
 
 

@@ -5,6 +5,7 @@ import dataclasses
 from decimal import Decimal
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from billing.selectors import wallet_balances
 from billing.services import allocation_max_cost
@@ -12,7 +13,9 @@ from config.api.jsonable import jsonable
 from config.errors import ApplicationError
 from marketplace.demand import RegionPolicySpec, demand_from_order
 from marketplace.models import Allocation, ChipType, Listing, Node, Order, Organisation
-from marketplace.selectors import order_get, quote_card_hours
+from marketplace.hours import current_hour_index, hour_index
+from marketplace.selectors import (CardHourMarket, card_hour_market_load, order_get, order_list, quote_card_hours,
+                                   quote_card_hours_cheapest)
 
 from .models import MatchReview, MatchRound
 
@@ -40,21 +43,57 @@ def order_explain(*, organisation: Organisation, order_id: int, with_alternative
     ``no_capacity_in_window``; ``price_gap`` (best feasible ask X against the bid Y); otherwise
     ``matchable`` (it is in the money and the next round should match it).
 
-    ``with_alternatives=False`` gives the reasons only, without searching for alternatives (the
-    costly part), for callers that only count reasons (``billing.figures``).
+    ``with_alternatives=False`` gives the reasons only (and a top-up for missing funds), without
+    searching for alternatives or the best offer, for callers that only count reasons.
     """
     order = order_get(organisation=organisation, order_id=order_id)
+    pending = order.allocations.filter(status=Allocation.Status.PENDING_REVIEW).select_related("review").first()
+    return _explain(order, organisation, pending=pending, with_alternatives=with_alternatives,
+                    available=wallet_balances(organisation_id=order.organisation_id)["available"])
+
+
+def order_wait_reasons(*, organisation: Organisation, order_ids: list[int]) -> dict[int, str]:
+    """The first reason code ``order_explain`` gives for each of these orders of the caller's
+    (ids of other organisations' orders are left out), read set-based: the orders, their pending
+    reviews, the wallet and the market's supply once for all of them, not once per order."""
+    orders = list(order_list(organisation=organisation).filter(pk__in=order_ids))
+    pending = {a.order_id: a for a in Allocation.objects.filter(
+        order__in=orders, status=Allocation.Status.PENDING_REVIEW).select_related("review").order_by("-pk")}
+    available = wallet_balances(organisation_id=organisation.pk)["available"]
+    windows = [_order_window(o) for o in orders if o.status == Order.Status.OPEN and o.kind == Order.Kind.CARD_HOURS]
+    windows = [(first, last) for first, last in windows if first < last]
+    market = card_hour_market_load(first=min(w[0] for w in windows), last=max(w[1] for w in windows)) \
+        if windows else None
+    out = {}
+    for order in orders:
+        reasons = _explain(order, organisation, pending=pending.get(order.pk), available=available, market=market,
+                           with_alternatives=False)["reasons"]
+        out[order.pk] = reasons[0]["code"] if reasons else "unknown"
+    return out
+
+
+def _order_window(order: Order) -> tuple[int, int]:
+    """The hours a quote for the order searches: from its earliest start (not before the next
+    hour) to its latest end."""
+    return (max(hour_index(order.earliest_start), current_hour_index(timezone.now()) + 1),
+            hour_index(order.latest_end))
+
+
+def _explain(order: Order, organisation: Organisation, *, pending: Allocation | None, available: Decimal,
+             with_alternatives: bool, market: CardHourMarket | None = None) -> dict:
+    """``order_explain`` of an order already read (with its chip options and regions prefetched),
+    given its pending allocation if any, the wallet's available balance and, optionally, the
+    market's supply already read for its window (else it is read once here for all its quotes)."""
     out = {"order": order.pk, "status": order.status, "reasons": [], "alternatives": []}
     if order.status != Order.Status.OPEN:
         out["reasons"].append({"code": "not_open", "message": f"The order is {order.status}."})
         return out
-    pending = order.allocations.filter(status=Allocation.Status.PENDING_REVIEW).select_related("review").first()
     if pending is not None:
         out["reasons"].append({"code": "waiting_for_review",
                                "message": "A match was found and is waiting for a platform admin's review.",
                                "flags": getattr(getattr(pending, "review", None), "reasons", [])})
         return out
-    short = _funds_short(order)
+    short = _funds_short(order, available)
     if short is not None:
         out["reasons"].append(short)
         out["alternatives"].append({"kind": "top_up", "amount": short["shortfall"]})
@@ -64,20 +103,29 @@ def order_explain(*, organisation: Organisation, order_id: int, with_alternative
 
     try:
         demand = demand_from_order(order)
-        quote = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
-            demand, max_price_per_card_hour=NO_PRICE_LIMIT))
+        if market is None or not market.covers(*_order_window(order)):
+            first, last = _order_window(order)
+            # every quote below reads this one snapshot of the supply (all chips and regions)
+            market = card_hour_market_load(first=first, last=last) if first < last else None
+        unlimited = dataclasses.replace(demand, max_price_per_card_hour=NO_PRICE_LIMIT)
+        if with_alternatives:
+            quote = quote_card_hours(organisation=organisation, market=market, demand=unlimited)
+            best_price = quote["best_price"]
+        else:  # the price alone decides the reason
+            quote, best_price = None, quote_card_hours_cheapest(organisation=organisation, market=market,
+                                                                demand=unlimited)
     except ApplicationError as exc:
         out["reasons"].append({"code": "window_closed", "message": exc.message})
         return out
 
-    chips = [o.chip_id for o in order.chip_options.all()]
-    on_sale = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
-                                     node__status=Node.Status.ACTIVE, end__gt=order.earliest_start)
     bid = order.max_price_per_card_hour
-    if quote["offers"] == 0:
+    if best_price is None:
+        chips = [o.chip_id for o in order.chip_options.all()]
+        on_sale = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
+                                         node__status=Node.Status.ACTIVE, end__gt=order.earliest_start)
         if not on_sale.filter(node__chip_id__in=chips).exists():
             out["reasons"].append({"code": "no_chip_fits", "message": "No acceptable chip is on sale in your window."})
-        elif not _any_in_regions(order, organisation, demand):
+        elif not _any_in_regions(order, organisation, demand, market):
             out["reasons"].append({"code": "no_supply_in_allowed_regions",
                                    "message": "Acceptable chips are on sale, but not where your order may run."})
         elif order.interconnects and not on_sale.filter(node__chip_id__in=chips,
@@ -87,26 +135,26 @@ def order_explain(*, organisation: Organisation, order_id: int, with_alternative
         else:
             out["reasons"].append({"code": "capacity_taken",
                                    "message": "Nodes that fit are sold out for long enough runs in your window."})
-    elif quote["best_price"] > bid:
-        out["reasons"].append({"code": "price_gap", "best_feasible_ask": str(quote["best_price"]), "bid": str(bid),
-                               "message": f"The best feasible ask is {quote['best_price']} against your bid {bid}."})
-        out["alternatives"].append({"kind": "price", "max_price_per_card_hour": str(quote["best_price"]),
-                                    "offer": jsonable(quote["best_offer"])})
+    elif best_price > bid:
+        out["reasons"].append({"code": "price_gap", "best_feasible_ask": str(best_price), "bid": str(bid),
+                               "message": f"The best feasible ask is {best_price} against your bid {bid}."})
+        if quote is not None:
+            out["alternatives"].append({"kind": "price", "max_price_per_card_hour": str(best_price),
+                                        "offer": jsonable(quote["best_offer"])})
     else:
         out["reasons"].append({"code": "matchable", "message": "Feasible offers are within your price; the next "
                                                                 "matching round should match it."})
         return out
     if with_alternatives:
-        out["alternatives"].extend(_alternatives(order, organisation, demand, bid))
+        out["alternatives"].extend(_alternatives(order, organisation, demand, bid, market))
     return out
 
 
-def _funds_short(order: Order) -> dict | None:
+def _funds_short(order: Order, available: Decimal) -> dict | None:
     """``insufficient_funds`` when the wallet cannot hold the order's maximum cost (with its
     largest chip option, for card-hours), else None."""
     cards = max((o.cards for o in order.chip_options.all()), default=order.cards or 0)
     needed = allocation_max_cost(order=order, cards=cards, hours=order.duration_hours or 0)
-    available = wallet_balances(organisation_id=order.organisation_id)["available"]
     if available >= needed:
         return None
     return {"code": "insufficient_funds", "needed": str(needed), "available": str(available),
@@ -115,32 +163,33 @@ def _funds_short(order: Order) -> dict | None:
                        f"available."}
 
 
-def _any_in_regions(order, organisation, demand) -> bool:
+def _any_in_regions(order, organisation, demand, market: CardHourMarket | None) -> bool:
     relaxed = dataclasses.replace(demand, max_price_per_card_hour=NO_PRICE_LIMIT, interconnects=[])
-    return quote_card_hours(organisation=organisation, demand=relaxed)["offers"] > 0 or \
+    return quote_card_hours_cheapest(organisation=organisation, demand=relaxed, market=market) is not None or \
         order.region_policy == "anywhere"
 
 
-def _alternatives(order: Order, organisation: Organisation, demand, bid: Decimal) -> list[dict]:
+def _alternatives(order: Order, organisation: Organisation, demand, bid: Decimal,
+                  market: CardHourMarket | None) -> list[dict]:
     out = []
     if order.region_policy != "anywhere":
-        wider = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
+        wider = quote_card_hours(organisation=organisation, market=market, demand=dataclasses.replace(
             demand, region=RegionPolicySpec(), max_price_per_card_hour=NO_PRICE_LIMIT))
         if wider["best_offer"]:
             out.append({"kind": "wider_region", "region": {"policy": "anywhere"}, "offer": jsonable(wider["best_offer"])})
-    options = list(order.chip_options.select_related("chip"))
+    options = list(order.chip_options.all())
     memory = min((o.chip.memory_gb or 0) for o in options) if options else 0
     if memory:
         others = [c.code for c in ChipType.objects.filter(memory_gb__gte=memory)
                   .exclude(pk__in=[o.chip_id for o in options])]
         if others:
-            other = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
+            other = quote_card_hours(organisation=organisation, market=market, demand=dataclasses.replace(
                 demand, chips=others, min_memory_gb=None, model=None, cards=min(o.cards for o in options),
                 max_price_per_card_hour=NO_PRICE_LIMIT))
             if other["best_offer"]:
                 out.append({"kind": "other_chip", "chips": others, "offer": jsonable(other["best_offer"])})
     if demand.interconnects:
-        any_ic = quote_card_hours(organisation=organisation, demand=dataclasses.replace(
+        any_ic = quote_card_hours(organisation=organisation, market=market, demand=dataclasses.replace(
             demand, interconnects=[], max_price_per_card_hour=NO_PRICE_LIMIT))
         if any_ic["best_offer"]:
             out.append({"kind": "any_interconnect", "offer": jsonable(any_ic["best_offer"])})

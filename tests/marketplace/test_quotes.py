@@ -1,18 +1,20 @@
 """Quotes show the market without creating anything."""
 import random
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from marketplace import services
 from marketplace.models import ChipType, ListingHour, Order, Region
-from marketplace.selectors import sliding_min, earliest_runs
+from marketplace.hours import hour_start
+from marketplace.demand import CardHoursDemand, RegionPolicySpec
+from marketplace.selectors import earliest_runs, quote_card_hours, quote_card_hours_cheapest, window_mins
 from matching.engine.calendar import earliest_run
 
-from tests.factories import NodeFactory, OrganisationFactory, make_listing
+from tests.factories import NodeFactory, OrganisationFactory, make_listing, next_hour
 
-from .helpers import assert_error, card_hours_body, tokens_body
+from .helpers import assert_error, card_hours_body, iso, tokens_body
 
 pytestmark = pytest.mark.django_db
 
@@ -46,6 +48,42 @@ def test_quote_counts_offers_best_price_and_depth(buyer_client, market):
     assert [Decimal(l["price"]) for l in depth[("nvidia-h800-sxm", "CN-GZ-GA")]["levels"]] == [9, 11]
     assert depth[("nvidia-h800-sxm", "CN-GZ-GA")]["levels"][0]["card_hours"] == 12
     assert not Order.objects.exists()
+
+
+def test_quote_starts_after_a_sold_hour_and_within_a_listing_ending_mid_window(buyer_client):
+    # given a node listed for 24 hours with 6 of its 8 cards sold in its third hour,
+    # and a dearer node listed for its first 4 hours only
+    busy = make_listing(NodeFactory(), ask="9")
+    first = busy.hours.order_by("hour").first().hour
+    ListingHour.objects.filter(listing=busy, hour=first + 2).update(cards_sold=6)
+    make_listing(NodeFactory(), ask="10", hours=4)
+    # when 4 cards are quoted for 3 hours: the busy node's first free run starts after the sold hour
+    quote = buyer_client.post("/api/v1/quotes", card_hours_body(), format="json").json()
+    assert quote["offers"] == 2 and Decimal(quote["best_price"]) == 9
+    assert quote["best_offer"]["start"] == iso(hour_start(first + 3))
+    # and 2 cards fit through the sold hour, from the first hour
+    quote = buyer_client.post("/api/v1/quotes", card_hours_body(cards=2), format="json").json()
+    assert quote["best_offer"]["start"] == iso(hour_start(first))
+    # and 5 hours fit only the 24-hour node, after its sold hour
+    quote = buyer_client.post("/api/v1/quotes", card_hours_body(duration_hours=5), format="json").json()
+    assert quote["offers"] == 1 and quote["best_offer"]["start"] == iso(hour_start(first + 3))
+
+
+@pytest.mark.parametrize("cards,interconnects,region", [
+    (4, [], RegionPolicySpec()), (8, [], RegionPolicySpec()), (4, ["roce"], RegionPolicySpec()),
+    (4, [], RegionPolicySpec(policy="regions", regions=["CN-SH"])), (16, [], RegionPolicySpec()),
+])
+def test_cheapest_first_search_finds_the_quotes_best_price(buyer_client, market, cards, interconnects, region):
+    # given the market with a sold-out cheapest node, and a demand
+    demand = CardHoursDemand(duration_hours=3, earliest_start=next_hour(1), latest_end=next_hour(25),
+                             max_price_per_card_hour=Decimal("12"), chips=["nvidia-h800-sxm", "huawei-ascend-910b"],
+                             cards=cards, interconnects=interconnects, region=region)
+    # when the cheapest ask is searched for, and the market quoted
+    cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
+    quote = quote_card_hours(organisation=buyer_client.organisation, demand=demand)
+    # then it is the quote's best price (above the limit too), never the sold-out node's 5.00
+    assert cheapest == quote["best_price"]
+    assert cheapest != Decimal("5")
 
 
 def test_quote_respects_region_and_interconnect(buyer_client, market):
@@ -99,19 +137,20 @@ def test_quote_validates_like_an_order(buyer_client):
 
 
 
-def test_earliest_runs_in_sql_agree_with_the_python_scan():
-    """The set-based search for a node's first free run (quotes, explain) gives exactly what the
-    engine's linear scan gives, on calendars with gaps, partly sold hours and missing hours."""
-    # given five listings of 48 hours with random sales and a few hours missing from the calendar
+def test_earliest_runs_from_sold_runs_agree_with_the_python_scan():
+    """The search for a node's first free run (quotes, explain), which reads only the listings'
+    bounds and their sold hours, gives exactly what the engine's linear scan of every calendar row
+    gives, on calendars with partly sold hours, listings starting late and ending early."""
+    # given five listings with random sales, two of them not spanning the whole window
     rng = random.Random(11)
-    listings = [make_listing(NodeFactory(), hours=48) for _ in range(5)]
+    listings = [make_listing(NodeFactory(), hours=48) for _ in range(3)]
+    listings.append(make_listing(NodeFactory(), hours=20))  # ends mid-window
+    listings.append(make_listing(NodeFactory(), hours=30, start=next_hour(12)))  # starts mid-window
     for listing in listings:
         for row in ListingHour.objects.filter(listing=listing):
             row.cards_sold = rng.choice([0, 0, 0, 2, 5, 8])
             row.save(update_fields=["cards_sold"])
-        ListingHour.objects.filter(listing=listing, hour=listing.hours.order_by("hour")[rng.randrange(48)].hour).delete()
     first = min(listing.hours.order_by("hour").first().hour for listing in listings)
-    assert connection.vendor == "postgresql"
     for duration in (1, 2, 3, 5, 8, 13):
         for need in (1, 3, 6, 8):
             for lo, hi in ((first, first + 48), (first + 7, first + 30)):
@@ -119,15 +158,87 @@ def test_earliest_runs_in_sql_agree_with_the_python_scan():
                 found = earliest_runs(needs={l.pk: need for l in listings}, first=lo, last=hi, duration=duration)
                 # then they agree listing by listing
                 for listing in listings:
-                    free = dict(ListingHour.objects.filter(listing=listing).values_list("hour", "cards_offered"))
-                    sold = dict(ListingHour.objects.filter(listing=listing).values_list("hour", "cards_sold"))
-                    series = [free.get(h, 0) - sold.get(h, 0) for h in range(lo, hi)]
+                    series = _free_series(listing, lo, hi)
                     start = earliest_run(series, duration, need)
                     assert found.get(listing.pk) == (None if start is None else lo + start), (duration, need, lo)
 
 
+def _free_series(listing, lo: int, hi: int) -> list[int]:
+    """Free cards of every hour in ``[lo, hi)`` from every calendar row (0 where there is none)."""
+    rows = dict((h, o - s) for h, o, s in ListingHour.objects.filter(listing=listing).values_list(
+        "hour", "cards_offered", "cards_sold"))
+    return [rows.get(h, 0) for h in range(lo, hi)]
+
+
 @pytest.mark.parametrize("width", [1, 2, 3, 7, 20, 21])
-def test_thesliding_minimum_is_the_minimum_of_every_window(width):
+def test_window_minimum_over_pieces_is_the_minimum_of_every_window(width):
+    # given a random series of 21 hours cut into runs of equal values
     rng = random.Random(width)
-    values = [rng.randrange(9) for _ in range(20)]
-    assert sliding_min(values, width) == [min(values[i:i + width]) for i in range(len(values) - width + 1)]
+    values = [rng.choice([0, 3, 3, 8, 8, 8]) for _ in range(21)]
+    pieces, at = [], 0
+    for h in range(1, 22):
+        if h == 21 or values[h] != values[at]:
+            pieces.append((100 + at, 100 + h, values[at]))
+            at = h
+    starts = sorted(rng.sample(range(21 - width + 1), k=min(5, 21 - width + 1)))
+    # when the window minimums are read off the pieces
+    mins = window_mins(pieces, [100 + s for s in starts], width)
+    # then each is the minimum of the hours in its window
+    assert mins == [min(values[s:s + width]) for s in starts]
+
+
+def _reference_fabric_start(members, need: int, duration: int, lo: int, hi: int):
+    """The per-hour fill the same-fabric quote made before it read sold runs: cheapest first,
+    every start in turn."""
+    members = sorted(members, key=lambda l: (l.ask_per_card_hour, l.pk))
+    series = [_free_series(m, lo, hi) for m in members]
+    for start in range(hi - lo - duration + 1):
+        remaining, used, ask = need, 0, Decimal(0)
+        for member, free in zip(members, series):
+            take = min(min(free[start:start + duration]), remaining)
+            if take >= max(1, member.min_cards):
+                remaining, used, ask = remaining - take, used + 1, max(ask, member.ask_per_card_hour)
+            if remaining == 0:
+                return lo + start, used, ask
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_same_fabric_quote_agrees_with_the_per_hour_fill(buyer_client, seed):
+    """A fabric with busy members, a member ending mid-window and one starting late: the quote's
+    best offer is the one the per-hour fill finds."""
+    # given one fabric of four nodes with random sales in blocks
+    rng = random.Random(seed)
+    supplier = OrganisationFactory()
+    members = [make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=40, ask="10"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=40, ask="11"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=18, ask="9"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-9"), hours=30, ask="12",
+                            start=next_hour(9), min_cards=4)]
+    for listing in members:
+        hours = list(listing.hours.order_by("hour").values_list("hour", flat=True))
+        for _ in range(5):
+            at = rng.choice(hours)
+            ListingHour.objects.filter(listing=listing, hour__gte=at, hour__lt=at + rng.randint(1, 6)).update(
+                cards_sold=rng.choice([2, 5, 8]))
+    lo = members[0].hours.order_by("hour").first().hour
+    for cards, duration in ((12, 3), (16, 6), (20, 2), (24, 4), (9, 10), (32, 3), (32, 12)):
+        # when the market is quoted for a same-fabric run over the whole window
+        body = card_hours_body(cards=cards, duration_hours=duration, placement="same_fabric", window_hours=42,
+                               max_price_per_card_hour="100")
+        quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+        # then it offers what the per-hour fill finds, at the same start, nodes and ask
+        expected = _reference_fabric_start(members, cards, duration, lo, lo + 42)
+        # and the cheapest-first search finds the same price
+        demand = CardHoursDemand(duration_hours=duration, earliest_start=next_hour(1),
+                                 latest_end=next_hour(1) + timedelta(hours=42), max_price_per_card_hour=Decimal("100"),
+                                 chips=["nvidia-h800-sxm"], cards=cards, placement="same_fabric")
+        cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
+        assert cheapest == (None if quote["best_price"] is None else Decimal(quote["best_price"]))
+        if expected is None:
+            assert quote["offers"] == 0, (cards, duration)
+        else:
+            start, used, ask = expected
+            offer = quote["best_offer"]
+            assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
+                iso(hour_start(start)), used, ask), (cards, duration)

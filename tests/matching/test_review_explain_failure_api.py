@@ -2,15 +2,17 @@
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from marketplace.models import Allocation, ChipType, ListingHour, Node, Order, Region
-from matching import services
+from matching import selectors, services
 from matching.models import FailureImpact, MatchReview, NodeFailure, RejectedPairing, ReviewPolicy
 from lifecycle import services as lifecycle
 
 from tests.factories import NodeFactory, admin_user, make_listing
-from tests.marketplace.helpers import assert_error
+from tests.marketplace.helpers import assert_error, tokens_body
 
 from .helpers import assert_calendar_consistent, post_order
 
@@ -243,3 +245,58 @@ def test_rounds_refuse_a_database_without_row_locks(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
                             capture_output=True, text=True, timeout=120)
     assert "refused: postgresql_required" in result.stdout, result.stderr[-2000:]
+
+
+def _mixed_book(buyer_client) -> list[Order]:
+    """One buyer's orders waiting for every kind of reason, beside the two flagged matches."""
+    make_listing(NodeFactory(), ask="15", hours=12)
+    orders = [
+        post_order(buyer_client),  # matchable at 9.50 (4 cards left beside the flagged match)
+        post_order(buyer_client, max_price_per_card_hour="5"),  # price_gap
+        post_order(buyer_client, chips=["huawei-ascend-910b"]),  # no_chip_fits
+        post_order(buyer_client, interconnects=["roce"]),  # interconnect_unavailable
+        post_order(buyer_client, region={"policy": "regions", "regions": ["CN-SH"]}),  # not in the region
+        post_order(buyer_client, duration_hours=25, window_hours=30),  # capacity_taken: no listing is that long
+        post_order(buyer_client, cards=12, placement="same_fabric"),  # no fabric listed
+        post_order(buyer_client, max_price_per_card_hour="200", cards=64, duration_hours=100, window_hours=100,
+                   placement="same_fabric"),  # insufficient_funds: holds 1.28 M against 1 M
+    ]
+    response = buyer_client.post("/api/v1/orders", tokens_body(), format="json")
+    assert response.status_code == 201, response.content
+    orders.append(Order.objects.get(pk=response.json()["id"]))  # no endpoint serves the model
+    cancelled = post_order(buyer_client, max_price_per_card_hour="5")
+    assert buyer_client.post(f"/api/v1/orders/{cancelled.pk}/cancel", {}, format="json").status_code == 200
+    return orders + [cancelled]
+
+
+def test_wait_reasons_read_together_are_explains_first_reasons(buyer_client, client_for, flagged):
+    # given a buyer with orders waiting for every kind of reason, and another buyer's order
+    orders = flagged["orders"] + _mixed_book(buyer_client)
+    stranger = post_order(client_for(is_supplier=False, is_buyer=True))
+    # when their reasons are read in one go
+    found = selectors.order_wait_reasons(organisation=buyer_client.organisation,
+                                         order_ids=[o.pk for o in orders] + [stranger.pk])
+    # then each order's is the first reason its explain gives, and the stranger's order is left out
+    expected = {o.pk: selectors.order_explain(organisation=buyer_client.organisation, order_id=o.pk)["reasons"][0]["code"]
+                for o in orders}
+    assert found == expected
+    assert sorted(found.values()) == sorted([
+        "waiting_for_review", "waiting_for_review", "matchable", "price_gap", "no_chip_fits",
+        "interconnect_unavailable", "no_supply_in_allowed_regions", "capacity_taken", "capacity_taken",
+        "insufficient_funds", "no_endpoint_for_model", "not_open"])
+
+
+def test_wait_reasons_cost_the_same_queries_for_five_orders_or_twenty(buyer_client):
+    # given listings and twenty open orders that all have offers
+    make_listing(NodeFactory(), ask="9")
+    make_listing(NodeFactory(), ask="11")
+    orders = [post_order(buyer_client, max_price_per_card_hour=str(5 + i % 2 * 5)) for i in range(20)]
+
+    def queries(some: list[Order]) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            found = selectors.order_wait_reasons(organisation=buyer_client.organisation, order_ids=[o.pk for o in some])
+        assert set(found.values()) == {"price_gap", "matchable"}
+        return len(captured)
+
+    # when five, then all twenty, are read; then both take the same number of queries
+    assert queries(orders[:5]) == queries(orders)
