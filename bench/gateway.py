@@ -231,10 +231,15 @@ def main() -> None:
     try:
         key, allocation_id = _market(upstream.url)
         connection.close()
+        # Server processes keep their database connections as in production (CONN_MAX_AGE 60 s):
+        # under the test settings' default (0) the flusher connected anew five times a second, a
+        # PostgreSQL backend forked each time, and the cache refreshes connected too.
         env = {"DATABASE_URL": os.environ["DATABASE_URL"], "REDIS_URL": redis_url,
-               "DJANGO_SETTINGS_MODULE": "config.settings.test", "SANDUISAN_GATEWAY_CACHE_TTL": "5"}
+               "DJANGO_SETTINGS_MODULE": "config.settings.test", "SANDUISAN_TEST_CONN_MAX_AGE": "60",
+               "SANDUISAN_GATEWAY_CACHE_TTL": "5"}
         gateway = Server("gateway.asgi:application", log=logs / "gateway.log", workers=args.gateway_workers, env=env)
-        flusher = Flusher(log=logs / "flusher.log", env=env)
+        # the flusher as scripts/run.sh starts it (python -m gateway.flusher: outcomes every 5 s)
+        flusher = Flusher(log=logs / "flusher.log", env=env, outcomes_interval=5.0)
         body = json.dumps({**BODY, "max_tokens": args.max_tokens}).encode()
         direct_url = f"{upstream.url}/openai/v1/chat/completions"
         gateway_url = f"{gateway.url}/v1/chat/completions"
