@@ -1,15 +1,17 @@
 """The token gateway under load: a fake upstream called directly, and the same through the gateway,
 by many concurrent streaming clients, in one run.
 
-    .venv/bin/python -m bench.gateway            # about a minute
-    .venv/bin/python -m bench.gateway --quick    # a smoke run, about 15 seconds
+    .venv/bin/python -m bench.gateway            # about 90 seconds
+    .venv/bin/python -m bench.gateway --quick    # a smoke run, about 30 seconds
 
 Uses its own database, ``sanduisan_bench_gw`` (created and migrated if missing, emptied each run),
 and the Redis of ``BENCH_REDIS_URL`` (default db 14; its ``gw:*`` keys are deleted). Creates the demo
 market of ``make run``: the demo supplier's DeepSeek-V3 token listing served by the fake upstream
 (``gateway.fake_upstream``, its own uvicorn process), the demo buyer's allocation on it, then
 starts the gateway (``gateway.asgi``, uvicorn with uvloop and httptools, ``--gateway-workers``
-processes) and its usage flusher (``gateway.flusher``) against that database.
+processes) and its usage flusher (``gateway.flusher``, outcomes every 5 s as ``scripts/run.sh``
+runs it) against that database, both keeping their database connections (``CONN_MAX_AGE`` 60 s,
+as in production; the test settings' default 0 would reconnect on every flush).
 
 The client (this process: asyncio + aiohttp, one pooled session per target) runs ``--clients``
 concurrent streams, each sending chat completions with ``stream=true`` and ``max_tokens``
