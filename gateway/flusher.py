@@ -5,8 +5,8 @@ SIGINT), then flushes both once more. Several may run: a Redis lock lets one flu
 
 Outcomes wait longer because folding them recomputes each supplier's reliability, a dearer
 transaction than a batch of events (about 10 ms of this process's CPU, plus PostgreSQL's, whatever
-the number of requests): five times a second it cost more CPU than the gateway itself at 100
-requests/s, on the cores the gateway shares. Reliability moves slowly; budgets do not depend on it."""
+the number of requests): five times a second that was some 50 ms of CPU a second, taken from the
+cores the gateway shares. Reliability moves slowly; budgets do not depend on it."""
 import argparse
 import logging
 import os
