@@ -1,42 +1,59 @@
 """The token gateway under load: a fake upstream called directly, and the same through the gateway,
 by many concurrent streaming clients, in one run.
 
-    .venv/bin/python -m bench.gateway            # about a minute
-    .venv/bin/python -m bench.gateway --quick    # a smoke run, about 15 seconds
+    .venv/bin/python -m bench.gateway            # about 90 seconds
+    .venv/bin/python -m bench.gateway --quick    # a smoke run, about 30 seconds
 
 Uses its own database, ``sanduisan_bench_gw`` (created and migrated if missing, emptied each run),
 and the Redis of ``BENCH_REDIS_URL`` (default db 14; its ``gw:*`` keys are deleted). Creates the demo
 market of ``make run``: the demo supplier's DeepSeek-V3 token listing served by the fake upstream
 (``gateway.fake_upstream``, its own uvicorn process), the demo buyer's allocation on it, then
 starts the gateway (``gateway.asgi``, uvicorn with uvloop and httptools, ``--gateway-workers``
-processes) and its usage flusher (``gateway.flusher``) against that database.
+processes) and its usage flusher (``gateway.flusher``, outcomes every 5 s as ``scripts/run.sh``
+runs it) against that database, both keeping their database connections (``CONN_MAX_AGE`` 60 s,
+as in production; the test settings' default 0 would reconnect on every flush).
 
 The client (this process: asyncio + aiohttp, one pooled session per target) runs ``--clients``
 concurrent streams, each sending chat completions with ``stream=true`` and ``max_tokens``
 chunks, back to back, for ``--seconds``; first the upstream directly, then through the gateway
 (each after a warm-up). Time to first byte (TTFB) is from sending the request to the first SSE
-event; requests per second count completed streams. Then, at ``--paced-rps`` requests a second
-(open loop, so the latency is not queueing behind a saturated CPU), both are measured again
-for TTFB alone. Figures:
+event; requests per second count completed streams. Then, once the flusher has recorded the
+events the saturated phase buffered, both are measured again for TTFB alone at ``--paced-rps``
+requests a second each, for ``max(6, --seconds)`` seconds (open loop, so the latency is not
+queueing behind a saturated CPU). The two paced schedules run in the same window, interleaved
+(a direct request, half a period later a gateway request, ...): a burst of others' work on the
+shared machine then delays both paths alike instead of whichever ran at that moment, so the
+difference is the gateway's. (Until 2026-11-30 the paced phases ran one after the other, half
+as long each, right after the saturated phase while the flusher was still recording its
+backlog; the client's garbage collector, walking Django's heap in this process, could pause it
+mid-measurement: it is now frozen with ``gc.freeze`` before measuring.) Figures:
 
 - ``direct_rps``, ``gateway_rps``: completed streams per second at saturation;
 - ``gateway_ttfb_p50_ms``, ``gateway_ttfb_p99_ms``: the gateway's ADDED TTFB (gateway minus
   direct, per percentile) in the paced phase; ``saturated_added_ttfb_p50_ms`` / ``_p99_ms`` the
   same at saturation;
+- ``direct_ttfb_p99_halves_ms``, ``through_ttfb_p99_halves_ms``: each path's p99 in the first and
+  the second half of the paced phase: how far the machine alone moves a p99 within one run;
 - ``gateway_cpu_ms_per_request``, ``upstream_cpu_ms_per_request``: CPU time (user + system) the
   gateway's processes and the fake upstream's spent per request at saturation: a figure that
   others' load on the machine disturbs much less than rates and latencies;
+- ``client_cpu_ms_per_request``: the same for this client process, [direct, through the gateway]:
+  the client is not the bottleneck (about 0.2 ms per stream against the gateway's 0.4 ms), but it
+  shares the 2 cores with the gateway, the upstream, Redis, the flusher and PostgreSQL, so
+  ``gateway_rps`` is bounded by all of them together;
 - ``usage_recorded_ratio``: usage events stored by the exchange / streams the gateway completed
   (every gateway request of the run, warm-up included), after the flusher drained the buffer.
 
 The machine has 2 cores shared by the client, both servers, Redis and PostgreSQL; the bench waits
-(``--wait-for-quiet`` seconds at most) for an idle CPU before measuring and reports how idle it was.
+(``--wait-for-quiet`` seconds at most; at most 10 s again before the paced phase) for an idle CPU
+before measuring and reports how idle it was (``cpu_idle_before_run``, ``cpu_idle_before_paced``).
 The last line is one JSON object with every figure.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import tempfile
@@ -112,18 +129,24 @@ async def _saturate(url: str, headers: dict, body: bytes, *, clients: int, secon
     return ttfbs, len(ttfbs), elapsed
 
 
-async def _paced(url: str, headers: dict, body: bytes, *, rps: float, seconds: float) -> list[float]:
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = []
+async def _paced(targets: list[tuple[str, dict]], body: bytes, *, rps: float, seconds: float) -> list[list[float]]:
+    """Open loop: each target gets ``rps`` requests a second for ``seconds``, the targets' schedules
+    interleaved (target k's i-th request at (i + k / len(targets)) / rps), so that whatever else
+    the machine does in that window delays every target alike. Returns each target's TTFBs."""
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) for _ in targets]
+    try:
+        tasks: list[list[asyncio.Future]] = [[] for _ in targets]
         start = time.perf_counter()
-        n = int(rps * seconds)
-        for i in range(n):
-            delay = start + i / rps - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(_one(session, url, headers, body)))
-        return list(await asyncio.gather(*tasks))
+        for i in range(int(rps * seconds)):
+            for k, ((url, headers), session) in enumerate(zip(targets, sessions)):
+                delay = start + (i + k / len(targets)) / rps - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks[k].append(asyncio.ensure_future(_one(session, url, headers, body)))
+        return [list(await asyncio.gather(*mine)) for mine in tasks]
+    finally:
+        for session in sessions:
+            await session.close()
 
 
 def _group_cpu_seconds(pgid: int) -> float:
@@ -165,6 +188,18 @@ def _wait_for_quiet(*, threshold: float = 0.8, max_wait: float = 120) -> float:
     return idle
 
 
+def _drain(client, timeout: float = 120) -> None:
+    """Wait until the flusher emptied the gateway's usage buffer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and client.llen("gw:usage"):
+        time.sleep(0.2)
+
+
+def _halves(values: list) -> tuple[list, list]:
+    middle = len(values) // 2
+    return values[:middle], values[middle:]
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -202,10 +237,15 @@ def main() -> None:
     try:
         key, allocation_id = _market(upstream.url)
         connection.close()
+        # Server processes keep their database connections as in production (CONN_MAX_AGE 60 s):
+        # under the test settings' default (0) the flusher connected anew five times a second, a
+        # PostgreSQL backend forked each time, and the cache refreshes connected too.
         env = {"DATABASE_URL": os.environ["DATABASE_URL"], "REDIS_URL": redis_url,
-               "DJANGO_SETTINGS_MODULE": "config.settings.test", "SANDUISAN_GATEWAY_CACHE_TTL": "5"}
+               "DJANGO_SETTINGS_MODULE": "config.settings.test", "SANDUISAN_TEST_CONN_MAX_AGE": "60",
+               "SANDUISAN_GATEWAY_CACHE_TTL": "5"}
         gateway = Server("gateway.asgi:application", log=logs / "gateway.log", workers=args.gateway_workers, env=env)
-        flusher = Flusher(log=logs / "flusher.log", env=env)
+        # the flusher as scripts/run.sh starts it (python -m gateway.flusher: outcomes every 5 s)
+        flusher = Flusher(log=logs / "flusher.log", env=env, outcomes_interval=5.0)
         body = json.dumps({**BODY, "max_tokens": args.max_tokens}).encode()
         direct_url = f"{upstream.url}/openai/v1/chat/completions"
         gateway_url = f"{gateway.url}/v1/chat/completions"
@@ -216,30 +256,39 @@ def main() -> None:
         def run(coroutine):
             return asyncio.run(coroutine)
 
+        # This process holds Django's heap too: frozen, a full collection of it cannot stall the
+        # client's event loop (and so every request in flight) in the middle of a measurement.
+        gc.collect()
+        gc.freeze()
         cpu_idle = _wait_for_quiet(max_wait=args.wait_for_quiet)
         # warm-up: connections, caches, the first budget reservation
         run(_saturate(direct_url, direct_headers, body, clients=args.clients, seconds=1))
         ttfbs, n, _ = run(_saturate(gateway_url, gateway_headers, body, clients=args.clients, seconds=1))
         served += n
 
-        cpu = _group_cpu_seconds(upstream.process.pid)
+        cpu, own = _group_cpu_seconds(upstream.process.pid), time.process_time()
         direct_ttfb, direct_n, direct_s = run(_saturate(direct_url, direct_headers, body, clients=args.clients,
                                                         seconds=args.seconds))
         upstream_cpu_ms = (_group_cpu_seconds(upstream.process.pid) - cpu) * 1000 / max(1, direct_n)
-        cpu = _group_cpu_seconds(gateway.process.pid)
+        client_direct_cpu_ms = (time.process_time() - own) * 1000 / max(1, direct_n)
+        cpu, own = _group_cpu_seconds(gateway.process.pid), time.process_time()
         gateway_ttfb, gateway_n, gateway_s = run(_saturate(gateway_url, gateway_headers, body, clients=args.clients,
                                                            seconds=args.seconds))
         gateway_cpu_ms = (_group_cpu_seconds(gateway.process.pid) - cpu) * 1000 / max(1, gateway_n)
+        client_gateway_cpu_ms = (time.process_time() - own) * 1000 / max(1, gateway_n)
         served += gateway_n
-        paced_seconds = max(3.0, args.seconds / 2)
-        direct_paced = run(_paced(direct_url, direct_headers, body, rps=args.paced_rps, seconds=paced_seconds))
-        gateway_paced = run(_paced(gateway_url, gateway_headers, body, rps=args.paced_rps, seconds=paced_seconds))
+        # The saturated phase left thousands of usage events buffered: the flusher records them
+        # before the paced phase, which measures latency at a steady 100 req/s, not beside a backlog.
+        _drain(client)
+        paced_idle = _wait_for_quiet(max_wait=min(10.0, args.wait_for_quiet))
+        paced_seconds = max(6.0, args.seconds)
+        gc.collect()
+        direct_paced, gateway_paced = run(_paced([(direct_url, direct_headers), (gateway_url, gateway_headers)], body,
+                                                 rps=args.paced_rps, seconds=paced_seconds))
         served += len(gateway_paced)
 
         # drain: the gateway's flusher records the buffered events; then count them
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and client.llen("gw:usage"):
-            time.sleep(0.2)
+        _drain(client)
         usage_flush()
         recorded = UsageEvent.objects.filter(allocation_id=allocation_id, event_id__startswith="gw-").count()
     finally:
@@ -252,7 +301,11 @@ def main() -> None:
         "gateway_workers": args.gateway_workers, "paced_rps": args.paced_rps,
         "cpu_idle_before_run": round(cpu_idle, 2), "load_average_1m_after": float(open("/proc/loadavg").read().split()[0]),
         "direct_rps": round(direct_n / direct_s, 1), "gateway_rps": round(gateway_n / gateway_s, 1),
+        "cpu_idle_before_paced": round(paced_idle, 2),
         "direct_ttfb_p50_ms": round(_pct(direct_paced, 0.5), 2), "direct_ttfb_p99_ms": round(_pct(direct_paced, 0.99), 2),
+        # the direct path's p99 in each half of the paced phase: how much the machine alone moves a p99
+        "direct_ttfb_p99_halves_ms": [round(_pct(half, 0.99), 2) for half in _halves(direct_paced)],
+        "through_ttfb_p99_halves_ms": [round(_pct(half, 0.99), 2) for half in _halves(gateway_paced)],
         "through_ttfb_p50_ms": round(_pct(gateway_paced, 0.5), 2),
         "through_ttfb_p99_ms": round(_pct(gateway_paced, 0.99), 2),
         "gateway_ttfb_p50_ms": round(_pct(gateway_paced, 0.5) - _pct(direct_paced, 0.5), 2),
@@ -260,6 +313,7 @@ def main() -> None:
         "saturated_added_ttfb_p50_ms": round(_pct(gateway_ttfb, 0.5) - _pct(direct_ttfb, 0.5), 2),
         "saturated_added_ttfb_p99_ms": round(_pct(gateway_ttfb, 0.99) - _pct(direct_ttfb, 0.99), 2),
         "gateway_cpu_ms_per_request": round(gateway_cpu_ms, 3), "upstream_cpu_ms_per_request": round(upstream_cpu_ms, 3),
+        "client_cpu_ms_per_request": [round(client_direct_cpu_ms, 3), round(client_gateway_cpu_ms, 3)],
         "gateway_requests_served": served, "usage_events_recorded": recorded,
         "usage_recorded_ratio": round(recorded / served, 6) if served else None,
     }
@@ -272,6 +326,8 @@ def main() -> None:
           f"p50 {figures['saturated_added_ttfb_p50_ms']} ms, p99 {figures['saturated_added_ttfb_p99_ms']} ms")
     print(f"CPU per streamed request: gateway {gateway_cpu_ms:.3f} ms (so about {1000 / gateway_cpu_ms:.0f} req/s per "
           f"dedicated core), fake upstream {upstream_cpu_ms:.3f} ms")
+    print(f"CPU per streamed request of this client: {client_direct_cpu_ms:.3f} ms direct, "
+          f"{client_gateway_cpu_ms:.3f} ms through the gateway")
     print(f"machine: CPU {cpu_idle:.0%} idle before the run; 1-minute load average {figures['load_average_1m_after']} "
           f"after it (2 cores)")
     print(f"usage: {recorded} events recorded for {served} streams served (ratio {figures['usage_recorded_ratio']})")

@@ -22,6 +22,7 @@ endpoint failed, 503 no live allocation or every endpoint paused by the circuit 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import time
@@ -115,30 +116,50 @@ def _db_call(load: Callable[[], Any]) -> Any:
 
 class TTLCache:
     """In-process cache with a short lifetime; concurrent misses of one key share one load (run
-    in a thread, since loads read the database)."""
+    in a thread, since loads read the database).
+
+    An entry is never served older than ``ttl``. A hit in the last ``REFRESH_SHARE`` of its
+    lifetime starts a refresh in the background and answers from the entry, so under steady
+    traffic a key is reloaded before it expires and no request waits for the database; only a
+    key unused for a while (or a failed refresh) expires and makes its next request wait."""
+
+    REFRESH_SHARE = 0.4
 
     def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
         self.ttl, self.max_entries = ttl, max_entries
-        self.data: dict[Any, tuple[float, Any]] = {}
+        self.refresh_after = ttl * (1 - self.REFRESH_SHARE)
+        self.data: dict[Any, tuple[float, float, Any]] = {}  # key -> (expires, refresh from, value)
         self.loading: dict[Any, asyncio.Future] = {}
 
     async def get(self, key, load: Callable[[], Any]):
         hit = self.data.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        future = self.loading.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().run_in_executor(None, _db_call, load)
-            self.loading[key] = future
-            future.add_done_callback(lambda done, key=key: self._loaded(key, done))
+        if hit is not None:
+            now = time.monotonic()
+            if hit[0] > now:
+                if hit[1] <= now and key not in self.loading:
+                    self._load(key, load)
+                return hit[2]
+        future = self.loading.get(key) or self._load(key, load)
         return await asyncio.shield(future)
 
-    def _loaded(self, key, future: asyncio.Future) -> None:
+    def _load(self, key, load: Callable[[], Any]) -> asyncio.Future:
+        # The lifetime counts from the start of the load: what it read may be that old.
+        started = time.monotonic()
+        future = asyncio.get_running_loop().run_in_executor(None, _db_call, load)
+        self.loading[key] = future
+        future.add_done_callback(lambda done, key=key: self._loaded(key, done, started))
+        return future
+
+    def _loaded(self, key, future: asyncio.Future, started: float) -> None:
         self.loading.pop(key, None)
-        if not future.cancelled() and future.exception() is None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:  # the waiting requests (if any) see it; the entry stays
+            logger.warning("gateway cache load failed: %r", future.exception())
+        else:
             if len(self.data) >= self.max_entries:
                 self.data.clear()
-            self.data[key] = (time.monotonic() + self.ttl, future.result())
+            self.data[key] = (started + self.ttl, started + self.refresh_after, future.result())
 
 
 class Breaker:
@@ -210,6 +231,11 @@ class Gateway:
         self.settle_script = self.redis.script(SETTLE)
         if self.flush_enabled:
             self.flusher = asyncio.create_task(self._flush_loop())
+        # Django and the imports leave a large heap that lives as long as the process: frozen, the
+        # collector's full passes no longer walk it (one such pass stalled the event loop ~90 ms,
+        # the tail of the bench's time to first byte).
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self) -> None:
         if self.flusher is not None:

@@ -37,9 +37,10 @@ def redis_sync() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-def usage_flush(*, max_batches: int = 1000) -> dict[str, int]:
-    """Flush buffered usage and outcomes. Returns counts per result status (empty when another
-    flusher holds the lock). Idempotent and safe to run from several processes."""
+def usage_flush(*, max_batches: int = 1000, outcomes: bool = True) -> dict[str, int]:
+    """Flush buffered usage and (unless ``outcomes`` is false) outcomes. Returns counts per result
+    status (empty when another flusher holds the lock). Idempotent and safe to run from several
+    processes."""
     client = redis_sync()
     token = uuid.uuid4().hex
     if not client.set(FLUSH_LOCK, token, nx=True, px=60_000):
@@ -60,7 +61,8 @@ def usage_flush(*, max_batches: int = 1000) -> dict[str, int]:
                     totals[status] = totals.get(status, 0) + n
             pipe.execute()
             client.pexpire(FLUSH_LOCK, 60_000)
-        _outcomes_flush(client)
+        if outcomes:
+            _outcomes_flush(client)
     finally:
         client.eval(_RELEASE, 1, FLUSH_LOCK, token)
     return totals

@@ -66,10 +66,14 @@ class Server:
 class Flusher:
     """``python -m gateway.flusher`` in its own process group."""
 
-    def __init__(self, *, log: Path, env: dict | None = None, interval: float = 0.2) -> None:
+    def __init__(self, *, log: Path, env: dict | None = None, interval: float = 0.2,
+                 outcomes_interval: float = 0.2) -> None:
+        """Both intervals short by default, for tests that wait for the buffer to drain; the
+        command's own default folds outcomes every 5 s (see ``gateway.flusher``)."""
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.flusher", "--interval", str(interval)], cwd=ROOT,
+            [sys.executable, "-m", "gateway.flusher", "--interval", str(interval), "--outcomes-interval",
+             str(outcomes_interval)], cwd=ROOT,
             env={**os.environ, **(env or {})}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
 
