@@ -223,7 +223,8 @@ class Gateway:
     async def startup(self) -> None:
         if not settings.REDIS_URL:
             raise RuntimeError("the token gateway needs Redis: set REDIS_URL")
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=self.config["UPSTREAM_KEEPALIVE"])
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent",))
         self.redis = RedisLink(settings.REDIS_URL)

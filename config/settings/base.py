@@ -275,6 +275,10 @@ SANDUISAN_GATEWAY = {
     "CONNECT_TIMEOUT": float(os.environ.get("SANDUISAN_GATEWAY_CONNECT_TIMEOUT", "3")),
     "FIRST_BYTE_TIMEOUT": float(os.environ.get("SANDUISAN_GATEWAY_FIRST_BYTE_TIMEOUT", "30")),
     "READ_TIMEOUT": float(os.environ.get("SANDUISAN_GATEWAY_READ_TIMEOUT", "60")),
+    # Seconds an idle pooled upstream connection is kept. Below the 5 s after which common
+    # upstream servers (uvicorn, hence vLLM and SGLang) close idle connections: reusing one just
+    # as the server closes it would fail the request over and count against a healthy endpoint.
+    "UPSTREAM_KEEPALIVE": float(os.environ.get("SANDUISAN_GATEWAY_UPSTREAM_KEEPALIVE", "4")),
     # In-process cache lifetime of keys, routes and prices (seconds).
     "CACHE_TTL": float(os.environ.get("SANDUISAN_GATEWAY_CACHE_TTL", "5")),
     # Circuit breaker: this many consecutive failures open an endpoint for this many seconds.
