@@ -420,17 +420,22 @@ def _feasible_value(cols, duration, free, n_orders) -> float:
 
 
 def lp_dual_bound(supply: SupplyBook, demand: DemandBook, *, seed_cols=None, time_budget: float = 30.0,
-                  stages: tuple[tuple[float, int], ...] = ((1 / 32, 30), (1 / 128, 30), (1 / 640, 40)),
-                  tolerance: float = 0.01, verbose: bool = False) -> dict:
+                  stages: tuple[tuple[float, int], ...] = ((1 / 32, 30), (1 / 128, 30), (1 / 640, 40), (1 / 3200, 40)),
+                  tolerance: float = 0.02, verbose: bool = False) -> dict:
     """An upper bound on the LP relaxation's optimum (micro-CNY), with feasible values beneath it.
 
-    ``stages``: (tau as a share of an order's mean best profit at zero prices, iterations).
-    Returns ``bound`` (the least D(lam) evaluated: always a valid upper bound on the LP, see above),
-    ``lower`` (the best LP-feasible value found: the repaired softmax primal, the greedy integer
-    plan or the seed columns, when they form a feasible plan), ``plan`` (the best integer plan:
-    at most the offline optimum), ``gap`` = (bound - lower) / bound and ``converged`` (gap within
-    ``tolerance``: the bound is then within that share of the LP optimum), ``evaluations`` and
-    ``seconds``. ``time_budget`` stops the search (not the final certification, a few seconds).
+    ``stages``: (tau as a share of an order's mean best profit at zero prices, L-BFGS-B
+    iterations); on the simulated market (23,000 orders, 960 listings, 72 hours) an evaluation
+    takes 0.2 to 0.5 s and the first three stages bring the bound within 0.3% of the LP optimum.
+    Returns, in micro-CNY, ``bound`` (the least D(lam) evaluated: a valid upper bound on the LP,
+    hence on every offline plan, see above), ``plan`` (the best feasible integer plan the prices
+    guided the greedy to), ``seeded`` (the seed columns' profit if they form a feasible plan, else
+    0) and ``lower`` (the better of the two: the offline optimum is at least this); ``gap`` =
+    (bound - lower) / bound, which covers both the search's distance from the LP optimum and the
+    LP's distance from the integer optimum (1 to 2% on the simulated market), ``converged``
+    (gap within ``tolerance``: the bound then overstates the offline optimum by at most that
+    share), ``evaluations``, ``seconds`` and ``lam`` (the prices behind the bound, CNY per
+    card-hour). ``time_budget`` stops the search; the plans after it take a second or two.
     """
     t0 = time.perf_counter()
     if demand.size == 0 or supply.size == 0:

@@ -102,8 +102,7 @@ def hindsight_bound(run: SimRun, supply: SupplyBook, demand: DemandBook, *, time
       count when they form one), which the offline optimum reaches at least.
     ``gap`` = (bound - plan) / bound and ``converged`` (gap within 2%); ``seconds`` and
     ``evaluations`` of the dual search, which ``time_budget`` stops."""
-    lp = lp_dual_bound(supply, demand, seed_cols=online_columns(run, supply, demand), time_budget=time_budget,
-                       tolerance=0.02)
+    lp = lp_dual_bound(supply, demand, seed_cols=online_columns(run, supply, demand), time_budget=time_budget)
     cent = Decimal("0.01")
     return {"bound": (Decimal(lp["bound"]) / 1_000_000).quantize(cent, ROUND_CEILING),
             "plan": (Decimal(lp["lower"]) / 1_000_000).quantize(cent, ROUND_FLOOR), "gap": lp["gap"],

@@ -194,10 +194,10 @@ def write_report(run: SimRun, data: dict, out: Path) -> list[Path]:
         f"welfare (bid minus ask, over {data['card_hours_sold']:,} card-hours sold): {data['welfare']:,.2f} CNY",
         (f"offline optimum (same orders and free supply known in advance): at most {bound:,.2f} CNY (LP bound, "
          f"{data['hindsight_evaluations']} dual evaluations, {data['hindsight_seconds']:.0f} s) and at least "
-         f"{data['hindsight_plan']:,.2f} CNY (a feasible offline plan found), gap {data['hindsight_gap']:.2%}: "
-         + ("converged" if data["hindsight_converged"] else "NOT converged (gap above 2%)")
-         + f"; the market captured at least {data['welfare_vs_hindsight']:.1%} of it "
-         f"(at most {data['welfare_vs_hindsight_at_most']:.1%})"
+         f"{data['hindsight_plan']:,.2f} CNY (a feasible offline plan found), gap {data['hindsight_gap']:.2%}, "
+         + ("converged (within 2%)" if data["hindsight_converged"] else "NOT converged (gap above 2%)")
+         + f"; the market captured between {data['welfare_vs_hindsight']:.1%} and "
+         f"{data['welfare_vs_hindsight_at_most']:.1%} of it"
          if bound else "offline optimum: not computed"),
         (f"time to match: median {data['match_minutes_median']:.0f} simulated minutes "
          f"({data['match_rounds_median']:g} rounds), 95th percentile {data['match_minutes_p95']:.0f} minutes "

@@ -85,6 +85,7 @@ def test_a_small_market_runs_through_the_pipeline_and_reports_what_the_database_
     # time to match, on the simulated clock, and the hindsight bound above what the market reached
     assert data["match_rounds_median"] >= 1 and data["match_rounds_p95"] >= data["match_rounds_median"]
     assert data["hindsight_bound"] > 0 and 0 < data["welfare_vs_hindsight"] <= 1
+    assert 0 < data["hindsight_plan"] <= data["hindsight_bound"] and 0 <= data["hindsight_gap"] < 1
     assert set(data["utilisation_by_hub"]) and all(0 <= u["run"] <= 1 for u in data["utilisation_by_hub"].values())
     assert 0 <= data["outside_province_share"] <= 1
     assert set(data["clearing_price_by_chip"]) and all(p > 0 for p in data["clearing_price_by_chip"].values())
@@ -98,7 +99,8 @@ def test_a_small_market_runs_through_the_pipeline_and_reports_what_the_database_
     assert f"{data['revenue']:,.2f}" in text
     last = json.loads(text.strip().splitlines()[-1])
     assert last == json.loads(json.dumps(headline(data)))
-    for key in ("utilisation_end", "fill_rate", "welfare_vs_hindsight", "orders", "demand_supply_ratio", "wall_s"):
+    for key in ("utilisation_end", "fill_rate", "welfare_vs_hindsight", "orders", "demand_supply_ratio", "wall_s",
+                "hindsight_gap", "hindsight_converged"):
         assert last[key] is not None
 
 
