@@ -370,18 +370,18 @@ def _evaluate(tau, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, opt
 @njit(cache=True)
 def _plan(sequence, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, opt_cards, allowed, l_chip, l_region,
           l_ic, l_ask, l_min_cards, l_min_hours, free, chip_ptr, chip_list, P, buf_v, buf_l, buf_s, buf_c, out_l, out_s,
-          out_c):
+          out_c, floor):
     """A feasible integer plan guided by the prices behind ``P``: orders in ``sequence``, each
-    placed on the column with the best reduced profit among those the cards left still fit
-    (any such column has a profit >= 0, as asks are within the bid). ``out_l[o] = -1`` when an
-    order is not placed."""
+    placed on the column with the best reduced profit above ``floor`` among those the cards left
+    still fit (the first, i.e. earliest start, among equals). ``out_l[o] = -1`` when an order is
+    not placed."""
     left = free.copy()
     for o in sequence:
         out_l[o] = -1
         n, m = _walk(o, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, opt_cards, allowed, l_region, l_ic,
                      l_ask, l_min_cards, l_min_hours, free, chip_ptr, chip_list, P, buf_v, buf_l, buf_s, buf_c)
         dur = o_dur[o]
-        chosen, value = -1, -np.inf
+        chosen, value = -1, floor
         for i in range(n):
             if buf_v[i] <= value:
                 continue
@@ -397,6 +397,38 @@ def _plan(sequence, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, op
             for h in range(s, s + dur):
                 left[l, h] -= c
             out_l[o], out_s[o], out_c[o] = l, s, c
+
+
+def greedy_plan(supply: SupplyBook, demand: DemandBook, *, sequence: np.ndarray, lam: np.ndarray | None = None,
+                floor: float = -np.inf) -> dict:
+    """Orders taken in ``sequence`` (order indices), each placed on the column with the best
+    surplus net of the prices ``lam`` (CNY per card-hour, listing x hour; none: the cheapest
+    listing that fits) among those still fitting, if that exceeds ``floor`` (CNY; 0 makes the
+    prices reserve prices). Returns ``value`` (micro-CNY, checked feasible), ``orders`` placed and
+    ``columns`` (order, listing, start, cards, profit)."""
+    args = _prepare(supply, demand)
+    n_listings, horizon = supply.free.shape
+    prefix = np.zeros((n_listings, horizon + 1))
+    if lam is not None:
+        np.cumsum(lam, axis=1, out=prefix[:, 1:])
+    width = _widest(supply, demand)
+    bufs = (np.empty(width), np.empty(width, np.int64), np.empty(width, np.int64), np.empty(width, np.int64))
+    placed = tuple(np.full(demand.size, -1, np.int64) for _ in range(3))
+    _plan(np.asarray(sequence, dtype=np.int64), *args[:19], prefix, *bufs, *placed, float(floor))
+    o = np.flatnonzero(placed[0] >= 0)
+    duration = demand.duration.astype(np.int64)
+    cols = (o, placed[0][o], placed[1][o], placed[2][o],
+            (demand.bid[o] - supply.ask[placed[0][o]]) * placed[2][o] * duration[o])
+    value = _feasible_value(cols, duration, supply.free.astype(float), demand.size)
+    return {"value": value, "orders": int(o.size), "columns": cols}
+
+
+def _widest(supply: SupplyBook, demand: DemandBook) -> int:
+    """The most columns one order can have: its chips' listings times its possible starts."""
+    duration = demand.duration.astype(np.int64)
+    starts = np.maximum(0, demand.latest_end.astype(np.int64) - demand.earliest - duration + 1)
+    listings_of = np.bincount(supply.chip, minlength=int(demand.opt_chip.max()) + 1)[demand.opt_chip]
+    return int((np.add.reduceat(listings_of, demand.opt_ptr[:-1]) * starts).max()) + 1
 
 
 def _cells(cols, duration, horizon):
@@ -447,10 +479,7 @@ def lp_dual_bound(supply: SupplyBook, demand: DemandBook, *, seed_cols=None, tim
     free = supply.free.astype(float)
     live = (free > 0).reshape(-1)  # prices on listing-hours with nothing free change nothing
     threads = numba.get_num_threads()
-    # the most columns one order can have: its chips' listings times its possible starts
-    starts = np.maximum(0, demand.latest_end.astype(np.int64) - demand.earliest - duration + 1)
-    listings_of = np.bincount(supply.chip, minlength=int(demand.opt_chip.max()) + 1)[demand.opt_chip]
-    width = int((np.add.reduceat(listings_of, demand.opt_ptr[:-1]) * starts).max()) + 1
+    width = _widest(supply, demand)
     bufs = (np.empty((threads, width)), np.empty((threads, width), np.int64), np.empty((threads, width), np.int64),
             np.empty((threads, width), np.int64))
     chunks = np.linspace(0, n_orders, min(n_orders, 64 * threads) + 1).astype(np.int64)
@@ -503,14 +532,7 @@ def lp_dual_bound(supply: SupplyBook, demand: DemandBook, *, seed_cols=None, tim
     lam, prefix = prices(state["x"])
     _evaluate(tau, *args[:19], prefix, chunks, np.zeros((threads, n_listings, horizon + 1)), *bufs, best_o, smooth_o)
     sequence = np.lexsort((-unpriced, -best_o))
-    plan = 0.0
-    for share in (0.0, 0.5, 0.75, 1.0):
-        placed = tuple(np.full(n_orders, -1, np.int64) for _ in range(3))
-        _plan(sequence, *args[:19], prefix * share, *(b[0] for b in bufs), *placed)
-        o = np.flatnonzero(placed[0] >= 0)
-        cols = (o, placed[0][o], placed[1][o], placed[2][o],
-                (demand.bid[o] - supply.ask[placed[0][o]]) * placed[2][o] * duration[o])
-        plan = max(plan, _feasible_value(cols, duration, free, n_orders))
+    plan = max(greedy_plan(supply, demand, sequence=sequence, lam=lam * share)["value"] for share in (0.0, 0.5, 0.75, 1.0))
     seeded = _feasible_value(seed_cols, duration, free, n_orders) if seed_cols is not None and len(seed_cols[0]) else 0.0
     bound = state["bound"] * 1e6 * (1 + 1e-9)  # micro-CNY; a hair above for floating-point sums
     lower = min(bound, max(plan, seeded))
