@@ -6,16 +6,20 @@ incumbents rented before the market opened; demand is every card-hour order the 
 posted, with its window, chips, region policy and bid (an order re-opened after a failure counts
 once, with its original duration and a window from the run's start, which only loosens the bound).
 The welfare of serving order o on listing l is ``(bid - ask) x cards x hours``, as the online
-market's welfare is counted. ``bench.optimum.lp_bound`` solves the LP relaxation by column
-generation within a time budget; any of its bounds is a valid upper bound on the offline optimum,
-so the share of it the market captured is never overstated.
+market's welfare is counted. ``bench.optimum.lp_dual_bound`` bounds the LP relaxation from above
+by exact dual prices on every listing-hour (weak duality: whatever prices the search reached, the
+bound is valid, so the share of it the market captured is never overstated) and finds a feasible
+offline plan beneath it: the offline optimum lies between the two, and their gap says how far the
+bound can be from it.
 """
 from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import numpy as np
 from django.db import connection
 
-from bench.optimum import lp_bound
+from bench.optimum import lp_dual_bound
 from marketplace.models import Listing, Order, Region
 from matching.engine.types import INTERCONNECTS, DemandBook, SupplyBook, to_micro
 from matching.snapshot import demand_book, order_rows
@@ -67,10 +71,9 @@ def market_buyers(run: SimRun) -> list[int]:
 
 
 def online_columns(run: SimRun, supply: SupplyBook, demand: DemandBook):
-    """What the market did, as LP columns (order, listing, start, cards, profit), to warm-start
-    the hindsight LP: its first restricted master is then worth at least the market's welfare,
-    and the duals column generation prices with are informative from the start. (The bound stays
-    valid whatever columns the master holds: it comes from duals repaired against every column.)"""
+    """What the market did, as columns (order, listing, start, cards, profit in micro-CNY): when
+    they form a feasible offline plan (they do unless a failure moved work), their welfare is a
+    floor under the offline optimum, whatever plan the hindsight search finds itself."""
     order_at = {int(o): i for i, o in enumerate(demand.order_id)}
     listing_at = {int(l): i for i, l in enumerate(supply.listing_id)}
     cols = ([], [], [], [], [])
@@ -90,11 +93,17 @@ def online_columns(run: SimRun, supply: SupplyBook, demand: DemandBook):
     return tuple(np.array(c, dtype=np.int64) for c in cols)
 
 
-def hindsight_bound(run: SimRun, *, time_budget: float = 30.0) -> dict:
-    """The LP bound on the offline optimum's welfare (CNY), with how it was reached."""
-    supply, demand = hindsight_books(run)
-    if supply.size == 0 or demand.size == 0:
-        return {"bound": 0.0, "rounds": 0, "seconds": 0.0, "gap": 0.0, "orders": int(demand.size)}
-    lp = lp_bound(supply, demand, seed_cols=online_columns(run, supply, demand), time_budget=time_budget)
-    return {"bound": lp["bound"] / 1e6, "rmp": lp["rmp"] / 1e6, "rounds": lp["rounds"], "seconds": lp["seconds"],
-            "gap": lp["gap"], "orders": int(demand.size), "listings": int(supply.size)}
+def hindsight_bound(run: SimRun, supply: SupplyBook, demand: DemandBook, *, time_budget: float = 30.0) -> dict:
+    """The offline optimum of the run's books, pinned between two values in CNY:
+
+    - ``bound``: the LP relaxation's upper bound (rounded up to the cent), which no offline plan
+      exceeds;
+    - ``plan``: the best feasible offline plan found (rounded down; the market's own placements
+      count when they form one), which the offline optimum reaches at least.
+    ``gap`` = (bound - plan) / bound and ``converged`` (gap within 2%); ``seconds`` and
+    ``evaluations`` of the dual search, which ``time_budget`` stops."""
+    lp = lp_dual_bound(supply, demand, seed_cols=online_columns(run, supply, demand), time_budget=time_budget)
+    cent = Decimal("0.01")
+    return {"bound": (Decimal(lp["bound"]) / 1_000_000).quantize(cent, ROUND_CEILING),
+            "plan": (Decimal(lp["lower"]) / 1_000_000).quantize(cent, ROUND_FLOOR), "gap": lp["gap"],
+            "converged": lp["converged"], "evaluations": lp["evaluations"], "seconds": lp["seconds"]}

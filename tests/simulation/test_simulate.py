@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Sum
 
-from bench.optimum import milp_optimum
+from bench.optimum import lp_optimum, milp_optimum
 from billing.models import Account, Charge, Entry, Hold, UsageEvent
 from marketplace.models import Allocation, ListingHour, Order
 from simulation.driver import SimConfig, simulate
@@ -85,6 +85,7 @@ def test_a_small_market_runs_through_the_pipeline_and_reports_what_the_database_
     # time to match, on the simulated clock, and the hindsight bound above what the market reached
     assert data["match_rounds_median"] >= 1 and data["match_rounds_p95"] >= data["match_rounds_median"]
     assert data["hindsight_bound"] > 0 and 0 < data["welfare_vs_hindsight"] <= 1
+    assert 0 < data["hindsight_plan"] <= data["hindsight_bound"] and 0 <= data["hindsight_gap"] < 1
     assert set(data["utilisation_by_hub"]) and all(0 <= u["run"] <= 1 for u in data["utilisation_by_hub"].values())
     assert 0 <= data["outside_province_share"] <= 1
     assert set(data["clearing_price_by_chip"]) and all(p > 0 for p in data["clearing_price_by_chip"].values())
@@ -98,23 +99,34 @@ def test_a_small_market_runs_through_the_pipeline_and_reports_what_the_database_
     assert f"{data['revenue']:,.2f}" in text
     last = json.loads(text.strip().splitlines()[-1])
     assert last == json.loads(json.dumps(headline(data)))
-    for key in ("utilisation_end", "fill_rate", "welfare_vs_hindsight", "orders", "demand_supply_ratio", "wall_s"):
+    for key in ("utilisation_end", "fill_rate", "welfare_vs_hindsight", "orders", "demand_supply_ratio", "wall_s",
+                "hindsight_gap", "hindsight_converged"):
         assert last[key] is not None
 
 
 def test_the_hindsight_bound_holds_against_an_exact_solve_of_a_tiny_market():
+    # given a tiny market run through the pipeline, and its books solved exactly: the integer
+    # optimum by MILP and the LP relaxation over every column
     run = simulate(TINY)
     data = figures(run, hindsight_seconds=10)
     supply, demand = hindsight_books(run)
     assert demand.size >= 20 and supply.size > 0
     exact = milp_optimum(supply, demand, time_limit=60)
     optimum = Decimal(exact["welfare"] / 1e6).quantize(Decimal("0.01"))
+    relaxed = Decimal(lp_optimum(supply, demand) / 1e6)
 
-    # the LP bound is an upper bound on the exact optimum (and, on a tiny market, close to it) ...
-    assert data["hindsight_bound"] >= optimum - Decimal("0.01")
-    assert data["hindsight_bound"] <= optimum * Decimal("1.5") + 1
+    # the bound is above the LP optimum (weak duality) and, the search having converged on a tiny
+    # market, within a hair of it; the LP optimum is above the integer optimum
+    assert data["hindsight_bound"] >= relaxed >= optimum - Decimal("0.01")
+    assert data["hindsight_bound"] <= relaxed * Decimal("1.005") + Decimal("0.01")
+    # the plan found is a feasible offline plan: at most the optimum, and the report's gap is theirs
+    assert 0 < data["hindsight_plan"] <= optimum + Decimal("0.01")
+    assert data["hindsight_gap"] == pytest.approx(float((data["hindsight_bound"] - data["hindsight_plan"])
+                                                         / data["hindsight_bound"]), abs=1e-4)
+    assert data["hindsight_converged"] == (data["hindsight_gap"] <= 0.02)
     # ... and the online market, one feasible offline solution among many, reaches at most the optimum
     assert 0 < data["welfare"] <= optimum + Decimal("0.01")
+    assert data["welfare_vs_hindsight"] <= data["welfare_vs_hindsight_at_most"] <= 1
 
 
 def test_simulate_documents_its_knobs(capsys):
