@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import IntegerField, Q, QuerySet, Sum
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -195,6 +196,13 @@ SELECT listing_id, free, min(hour), max(hour) + 1 FROM (
 """
 
 
+# hour_index() of a listing's bounds, in SQL
+_HOUR_OF_START = RawSQL('floor(extract(epoch FROM "marketplace_listing"."start") / 3600)::integer', (),
+                        output_field=IntegerField())
+_HOUR_OF_END = RawSQL('floor(extract(epoch FROM "marketplace_listing"."end") / 3600)::integer', (),
+                      output_field=IntegerField())
+
+
 def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=None, interconnects=None,
                           max_min_hours: int | None = None, listing_ids=None,
                           catalogue: Catalogue | None = None, min_duration: int = 1) -> CardHourMarket:
@@ -217,12 +225,12 @@ def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=No
         listings = listings.filter(min_hours__lte=max_min_hours)
     if listing_ids is not None:
         listings = listings.filter(pk__in=list(listing_ids))
-    rows = [_Supply(pk, org, ask, cards, min_cards, min_hours, hour_index(start), hour_index(end), chip, region,
-                    interconnect, fabric)
-            for pk, org, ask, cards, min_cards, min_hours, start, end, chip, region, interconnect, fabric
-            in listings.order_by("-id").values_list(
-                "pk", "organisation_id", "ask_per_card_hour", "cards", "min_cards", "min_hours", "start", "end",
-                "node__chip_id", "node__region_id", "node__interconnect", "node__fabric_id")]
+    # hour indices computed by PostgreSQL: parsing two datetimes per listing in Python cost more
+    # than the listings query itself on a 1,000-listing book
+    rows = [_Supply(*row) for row in listings.annotate(start_hour=_HOUR_OF_START, end_hour=_HOUR_OF_END).order_by(
+        "-id").values_list("pk", "organisation_id", "ask_per_card_hour", "cards", "min_cards", "min_hours",
+                           "start_hour", "end_hour", "node__chip_id", "node__region_id", "node__interconnect",
+                           "node__fabric_id")]
     min_duration = max(1, min_duration)
     if min_duration >= LATTICE_MIN_HOURS and (last - first) // min_duration <= LATTICE_MAX_POINTS:
         sold = _sold_runs_around(rows, first, last, min_duration)
