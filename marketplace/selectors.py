@@ -6,7 +6,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import IntegerField, Q, QuerySet, Sum
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
@@ -246,10 +246,17 @@ def _sold_runs(rows: list[_Supply], first: int, last: int) -> dict[int, list[tup
     """Every sold run of these listings within ``[first, last)``, sorted per listing."""
     sold: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     if rows:
-        with connection.cursor() as cursor:
+        # Serial: the planner gives this read of some 10,000 rows two parallel workers, whose start
+        # and merge cost more than they save and stall whenever the machine is busy (the bench's
+        # explain: p99 2-3x its p50). SET LOCAL holds to the end of the block's transaction, so
+        # the setting is put back before leaving it.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             cursor.execute(_SOLD_RUNS, [[r.listing_id for r in rows], first, last])
-            for listing_id, free, run_from, run_to in cursor.fetchall():
-                sold[listing_id].append((run_from, run_to, free))
+            found = cursor.fetchall()
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
+        for listing_id, free, run_from, run_to in found:
+            sold[listing_id].append((run_from, run_to, free))
         for runs in sold.values():
             runs.sort()
     return dict(sold)
