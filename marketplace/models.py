@@ -283,6 +283,10 @@ class ListingHour(models.Model):
             # Sold hours are few beside listed ones: quotes read the free calendar as the listing's
             # [start, end) minus these rows, never scanning every listed hour.
             models.Index(fields=["listing", "hour"], name="listinghour_sold", condition=Q(cards_sold__gt=0)),
+            # Fully sold hours, fewer still: long quotes find the nearest one around a point in one
+            # descent (selectors._FULL_AROUND) instead of filtering the partly sold hours between.
+            models.Index(fields=["listing", "hour"], name="listinghour_full",
+                         condition=Q(cards_sold__gt=0) & Q(cards_sold__gte=F("cards_offered"))),
         ]
 
 

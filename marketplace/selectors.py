@@ -6,8 +6,9 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import connection
-from django.db.models import Q, QuerySet, Sum
+from django.db import connection, transaction
+from django.db.models import IntegerField, Q, QuerySet, Sum
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -133,6 +134,11 @@ class CardHourMarket:
     hours with some cards sold as ``(from_hour, to_hour, free_cards)``, sorted: every other hour of
     an active listing's ``[start, end)`` has all its ``cards`` free (``ListingHour``'s contract), so
     the free calendar never needs the unsold rows.
+
+    ``min_duration``: the market answers demands of at least this many hours. Above 1 the sold
+    runs may be coarsened (``_sold_runs_around``): hours that no free run of ``min_duration``
+    hours crosses may be given as a run with no card free. Every run of that many hours or more
+    then has the same least free cards as on the true calendar, which is all a quote reads.
     """
     first: int
     last: int
@@ -141,9 +147,11 @@ class CardHourMarket:
     catalogue: Catalogue
     by_id: dict[int, Region]
     by_ask: list[_Supply]  # the same listings, cheapest first
+    min_duration: int = 1
 
-    def covers(self, first: int, last: int) -> bool:
-        return self.first <= first and last <= self.last
+    def covers(self, first: int, last: int, duration: int) -> bool:
+        """Whether quotes of ``duration`` hours within ``[first, last)`` can be read off it."""
+        return self.first <= first and last <= self.last and duration >= self.min_duration
 
 
 _SOLD_RUNS = """
@@ -155,14 +163,55 @@ SELECT listing_id, free, min(hour), max(hour) + 1 FROM (
 ) sold GROUP BY listing_id, free, run
 """
 
+# A demand of at least LATTICE_MIN_HOURS hours whose window holds at most LATTICE_MAX_POINTS of
+# them per listing reads the sold hours around a lattice of points (``_sold_runs_around``) rather
+# than every sold hour of the window: on a book a third sold, a 1,000-hour window holds hundreds
+# of thousands of sold rows, and a long run needs only a few of them. Below these, reading the
+# window's sold rows is as cheap as probing around points.
+LATTICE_MIN_HOURS = 24
+LATTICE_MAX_POINTS = 8
+
+# The nearest fully sold hour at or before / at or after each point, within `duration` hours of
+# it (the partial index of sold hours, newest or oldest first; a few rows read per point).
+_FULL_AROUND = """
+SELECT p.listing_id, p.at,
+       (SELECT h.hour FROM marketplace_listinghour h
+        WHERE h.listing_id = p.listing_id AND h.cards_sold > 0 AND h.cards_sold >= h.cards_offered
+          AND h.hour <= p.at AND h.hour > p.at - %(duration)s ORDER BY h.hour DESC LIMIT 1),
+       (SELECT h.hour FROM marketplace_listinghour h
+        WHERE h.listing_id = p.listing_id AND h.cards_sold > 0 AND h.cards_sold >= h.cards_offered
+          AND h.hour >= p.at AND h.hour < p.at + %(duration)s ORDER BY h.hour LIMIT 1)
+FROM unnest(%(listings)s::bigint[], %(points)s::int[]) AS p(listing_id, at)
+"""
+
+_SOLD_RUNS_IN = """
+SELECT listing_id, free, min(hour), max(hour) + 1 FROM (
+    SELECT h.listing_id, h.hour, h.cards_offered - h.cards_sold AS free,
+           h.hour - row_number() OVER (PARTITION BY h.listing_id, h.cards_offered - h.cards_sold
+                                       ORDER BY h.hour) AS run
+    FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS r(listing_id, lo, hi)
+    JOIN marketplace_listinghour h ON h.listing_id = r.listing_id AND h.cards_sold > 0
+                                  AND h.hour >= r.lo AND h.hour < r.hi
+) sold GROUP BY listing_id, free, run
+"""
+
+
+# hour_index() of a listing's bounds, in SQL
+_HOUR_OF_START = RawSQL('floor(extract(epoch FROM "marketplace_listing"."start") / 3600)::integer', (),
+                        output_field=IntegerField())
+_HOUR_OF_END = RawSQL('floor(extract(epoch FROM "marketplace_listing"."end") / 3600)::integer', (),
+                      output_field=IntegerField())
+
 
 def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=None, interconnects=None,
                           max_min_hours: int | None = None, listing_ids=None,
-                          catalogue: Catalogue | None = None) -> CardHourMarket:
+                          catalogue: Catalogue | None = None, min_duration: int = 1) -> CardHourMarket:
     """The supply quotes read over hours ``[first, last)``, narrowed in SQL by whichever filters
-    are given (None: no filter). Two queries whatever the window (and the catalogue's two unless
-    given): the listings, and the sold runs through the partial index of sold hours
-    (``listinghour_sold``); no unsold calendar row is read."""
+    are given (None: no filter), for demands of at least ``min_duration`` hours. Two or three
+    queries whatever the window (and the catalogue's two unless given): the listings, and the
+    sold runs through the partial index of sold hours (``listinghour_sold``), every one in the
+    window or, for long demands (``LATTICE_MIN_HOURS``), only those around long free runs
+    (``_sold_runs_around``); no unsold calendar row is read."""
     listings = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
                                       node__status=Node.Status.ACTIVE, start__lt=hour_start(last),
                                       end__gt=hour_start(first))
@@ -176,24 +225,109 @@ def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=No
         listings = listings.filter(min_hours__lte=max_min_hours)
     if listing_ids is not None:
         listings = listings.filter(pk__in=list(listing_ids))
-    rows = [_Supply(pk, org, ask, cards, min_cards, min_hours, hour_index(start), hour_index(end), chip, region,
-                    interconnect, fabric)
-            for pk, org, ask, cards, min_cards, min_hours, start, end, chip, region, interconnect, fabric
-            in listings.order_by("-id").values_list(
-                "pk", "organisation_id", "ask_per_card_hour", "cards", "min_cards", "min_hours", "start", "end",
-                "node__chip_id", "node__region_id", "node__interconnect", "node__fabric_id")]
+    # hour indices computed by PostgreSQL: parsing two datetimes per listing in Python cost more
+    # than the listings query itself on a 1,000-listing book
+    rows = [_Supply(*row) for row in listings.annotate(start_hour=_HOUR_OF_START, end_hour=_HOUR_OF_END).order_by(
+        "-id").values_list("pk", "organisation_id", "ask_per_card_hour", "cards", "min_cards", "min_hours",
+                           "start_hour", "end_hour", "node__chip_id", "node__region_id", "node__interconnect",
+                           "node__fabric_id")]
+    min_duration = max(1, min_duration)
+    if min_duration >= LATTICE_MIN_HOURS and (last - first) // min_duration <= LATTICE_MAX_POINTS:
+        sold = _sold_runs_around(rows, first, last, min_duration)
+    else:
+        sold, min_duration = _sold_runs(rows, first, last), 1
+    catalogue = catalogue or catalogue_load()
+    return CardHourMarket(first=first, last=last, listings=rows, sold=sold, catalogue=catalogue,
+                          by_id={r.pk: r for r in catalogue.regions.values()},
+                          by_ask=sorted(rows, key=lambda r: (r.ask, -r.listing_id)), min_duration=min_duration)
+
+
+def _sold_runs(rows: list[_Supply], first: int, last: int) -> dict[int, list[tuple[int, int, int]]]:
+    """Every sold run of these listings within ``[first, last)``, sorted per listing."""
     sold: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     if rows:
-        with connection.cursor() as cursor:
+        # Serial: the planner gives this read of some 10,000 rows two parallel workers, whose start
+        # and merge cost more than they save and stall whenever the machine is busy (the bench's
+        # explain: p99 2-3x its p50). SET LOCAL holds to the end of the block's transaction, so
+        # the setting is put back before leaving it.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             cursor.execute(_SOLD_RUNS, [[r.listing_id for r in rows], first, last])
-            for listing_id, free, run_from, run_to in cursor.fetchall():
-                sold[listing_id].append((run_from, run_to, free))
+            found = cursor.fetchall()
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
+        for listing_id, free, run_from, run_to in found:
+            sold[listing_id].append((run_from, run_to, free))
         for runs in sold.values():
             runs.sort()
-    catalogue = catalogue or catalogue_load()
-    return CardHourMarket(first=first, last=last, listings=rows, sold=dict(sold), catalogue=catalogue,
-                          by_id={r.pk: r for r in catalogue.regions.values()},
-                          by_ask=sorted(rows, key=lambda r: (r.ask, -r.listing_id)))
+    return dict(sold)
+
+
+def _sold_runs_around(rows: list[_Supply], first: int, last: int,
+                      duration: int) -> dict[int, list[tuple[int, int, int]]]:
+    """The sold runs quotes of ``duration`` hours or more need, read around a lattice of points.
+
+    Within a listing's part of the window, ``[lo, hi)``, take the points ``lo + duration - 1``,
+    ``lo + 2 * duration - 1``, ... below ``hi``: every run of ``duration`` hours in ``[lo, hi)``
+    holds exactly one, and every hour of a free run (a card free each hour) of ``duration`` hours
+    or more lies less than ``duration`` hours from one of its points. So around each point, only
+    the hours between the nearest fully sold hours within ``duration`` on either side can belong
+    to a long free run, and only if they span ``duration`` hours. Those *regions* get their true
+    sold runs; every other hour of ``[lo, hi)`` gets a run with no card free. The least free cards
+    over any ``duration`` hours or more is then what the true calendar gives: a run with a card
+    free each hour lies within regions, where the runs are true, and one without such has a hour
+    with none free on both. Three probes of the index per point and the sold rows of the regions
+    alone (none on a book whose long runs are all broken by a fully sold hour).
+    """
+    points: list[tuple[int, int]] = []
+    bounds: dict[int, tuple[int, int]] = {}
+    for r in rows:
+        lo, hi = max(first, r.start_hour), min(last, r.end_hour)
+        if hi - lo >= duration:
+            bounds[r.listing_id] = (lo, hi)
+            points.extend((r.listing_id, at) for at in range(lo + duration - 1, hi, duration))
+    if not points:
+        return {}
+    regions: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    with connection.cursor() as cursor:
+        cursor.execute(_FULL_AROUND, {"listings": [p[0] for p in points], "points": [p[1] for p in points],
+                                      "duration": duration})
+        for listing_id, at, before, after in cursor.fetchall():
+            lo, hi = bounds[listing_id]
+            region_from = max(lo, at - duration + 1, -1 if before is None else before + 1)
+            region_to = min(hi, at + duration, hi if after is None else after)
+            if region_to - region_from >= duration:
+                regions[listing_id].append((region_from, region_to))
+        merged = {listing_id: _merged(spans) for listing_id, spans in regions.items()}
+        true_runs: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        flat = [(listing_id, a, b) for listing_id, spans in merged.items() for a, b in spans]
+        if flat:
+            cursor.execute(_SOLD_RUNS_IN, [[f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat]])
+            for listing_id, free, run_from, run_to in cursor.fetchall():
+                true_runs[listing_id].append((run_from, run_to, free))
+    sold = {}
+    for listing_id, (lo, hi) in bounds.items():
+        runs = true_runs.get(listing_id, [])
+        at = lo
+        for a, b in merged.get(listing_id, ()):
+            if at < a:
+                runs.append((at, a, 0))
+            at = b
+        if at < hi:
+            runs.append((at, hi, 0))
+        if runs:
+            sold[listing_id] = sorted(runs)
+    return sold
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching ``[from, to)`` spans joined, in order."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand,
@@ -285,10 +419,10 @@ def _search(organisation: Organisation, demand: CardHoursDemand, market: CardHou
     cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
     first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
     last = hour_index(demand.latest_end)
-    if market is None or not market.covers(first, last):
+    if market is None or not market.covers(first, last, demand.duration_hours):
         market = card_hour_market_load(first=first, last=last, chip_ids=cards_for_chip, region_ids=allowed_regions,
                                        interconnects=demand.interconnects, max_min_hours=demand.duration_hours,
-                                       catalogue=catalogue)
+                                       catalogue=catalogue, min_duration=demand.duration_hours)
     return _Search(resolved=resolved, market=market, placement=demand.placement,
                    interconnects=frozenset(demand.interconnects or ()), allowed_regions=allowed_regions,
                    cards_for_chip=cards_for_chip, chip_codes={o.chip.pk: o.chip.code for o in resolved.options},
@@ -352,11 +486,12 @@ def earliest_runs(*, needs: dict[int, int], first: int, last: int, duration: int
     """For each active card-hour listing id in ``needs`` (listing -> cards needed), the first hour
     in ``[first, last)`` that starts ``duration`` consecutive hours with that many cards free.
 
-    Reads the listings' bounds and their sold runs; the unsold calendar rows are never read.
+    Reads the listings' bounds and their sold runs (only those around long free runs when
+    ``duration`` is long, as quotes do); the unsold calendar rows are never read.
     """
     if not needs or last - first < duration:
         return {}
-    market = card_hour_market_load(first=first, last=last, listing_ids=needs)
+    market = card_hour_market_load(first=first, last=last, listing_ids=needs, min_duration=duration)
     starts = {}
     for s in market.listings:
         start = _earliest_free_run(s, needs[s.listing_id], first, last, duration, market.sold.get(s.listing_id, ()))

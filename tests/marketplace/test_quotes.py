@@ -1,4 +1,5 @@
 """Quotes show the market without creating anything."""
+import dataclasses
 import random
 from datetime import timedelta
 from decimal import Decimal
@@ -9,7 +10,8 @@ from marketplace import services
 from marketplace.models import ChipType, ListingHour, Order, Region
 from marketplace.hours import hour_start
 from marketplace.demand import CardHoursDemand, RegionPolicySpec
-from marketplace.selectors import earliest_runs, quote_card_hours, quote_card_hours_cheapest, window_mins
+from marketplace.selectors import (LATTICE_MIN_HOURS, card_hour_market_load, earliest_runs, quote_card_hours,
+                                   quote_card_hours_cheapest, window_mins)
 from matching.engine.calendar import earliest_run
 
 from tests.factories import NodeFactory, OrganisationFactory, make_listing, next_hour
@@ -161,6 +163,91 @@ def test_earliest_runs_from_sold_runs_agree_with_the_python_scan():
                     series = _free_series(listing, lo, hi)
                     start = earliest_run(series, duration, need)
                     assert found.get(listing.pk) == (None if start is None else lo + start), (duration, need, lo)
+
+
+def _sell_blocks(rng: random.Random, listing, blocks: int, longest: int) -> None:
+    """Sell ``blocks`` random blocks of 1 to ``longest`` hours of the listing, each of 1 to 8 cards
+    (later blocks overwrite earlier ones where they cross)."""
+    hours = list(listing.hours.order_by("hour").values_list("hour", flat=True))
+    for _ in range(blocks):
+        at = rng.choice(hours)
+        ListingHour.objects.filter(listing=listing, hour__gte=at, hour__lt=at + rng.randint(1, longest)).update(
+            cards_sold=rng.choice([1, 3, 5, 8, 8]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_earliest_long_runs_read_around_points_agree_with_the_python_scan(seed):
+    """For runs of a day or more, the search reads only the sold hours around a lattice of points
+    (long free runs) and calls every other hour sold out: it still gives exactly what the engine's
+    linear scan of every calendar row gives."""
+    # given six 160-hour listings (one ending early, one starting late) with a few sold blocks each,
+    # some fully sold, so that some long free runs survive and others are cut
+    rng = random.Random(seed)
+    listings = [make_listing(NodeFactory(), hours=160) for _ in range(4)]
+    listings.append(make_listing(NodeFactory(), hours=90))
+    listings.append(make_listing(NodeFactory(), hours=120, start=next_hour(30)))
+    for listing in listings:
+        _sell_blocks(rng, listing, blocks=rng.randint(1, 6), longest=30)
+    first = min(listing.hours.order_by("hour").first().hour for listing in listings)
+    for duration in (LATTICE_MIN_HOURS, 25, 31, 40, 55, 77):
+        for lo, hi in ((first, first + 160), (first + 9, first + 140)):
+            # (the coarse read is the one taken)
+            assert card_hour_market_load(first=lo, last=hi, min_duration=duration).min_duration == duration
+            for need in (1, 3, 6, 8):
+                # when both search the same window
+                found = earliest_runs(needs={l.pk: need for l in listings}, first=lo, last=hi, duration=duration)
+                # then they agree listing by listing
+                for listing in listings:
+                    start = earliest_run(_free_series(listing, lo, hi), duration, need)
+                    assert found.get(listing.pk) == (None if start is None else lo + start), (duration, need, lo)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_same_fabric_quote_read_around_points_agrees_with_the_per_hour_fill(buyer_client, seed):
+    """Same-fabric quotes of a day or more read the sold hours around a lattice of points only:
+    the best offer, the offers and the cheapest-first price are still those of the per-hour fill."""
+    # given one fabric of five nodes with sold blocks, one ending early and one starting late
+    rng = random.Random(100 + seed)
+    supplier = OrganisationFactory()
+    members = [make_listing(NodeFactory(organisation=supplier, fabric_id="ib-7"), hours=150, ask="10"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-7"), hours=150, ask="11"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-7"), hours=150, ask="10.50"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-7"), hours=70, ask="9"),
+               make_listing(NodeFactory(organisation=supplier, fabric_id="ib-7"), hours=110, ask="12",
+                            start=next_hour(30), min_cards=4)]
+    for listing in members:
+        _sell_blocks(rng, listing, blocks=rng.randint(1, 5), longest=25)
+    lo = members[0].hours.order_by("hour").first().hour
+    for cards, duration in ((8, 24), (12, 30), (16, 26), (20, 48), (24, 40), (9, 60), (32, 24), (40, 36)):
+        # when the market is quoted for a same-fabric run over the whole window
+        body = card_hours_body(cards=cards, duration_hours=duration, placement="same_fabric", window_hours=148,
+                               max_price_per_card_hour="100")
+        quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+        # then it offers what the per-hour fill finds, at the same start, nodes and ask
+        expected = _reference_fabric_start(members, cards, duration, lo, lo + 148)
+        demand = CardHoursDemand(duration_hours=duration, earliest_start=next_hour(1),
+                                 latest_end=next_hour(1) + timedelta(hours=148),
+                                 max_price_per_card_hour=Decimal("100"), chips=["nvidia-h800-sxm"], cards=cards,
+                                 placement="same_fabric")
+        cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
+        assert cheapest == (None if quote["best_price"] is None else Decimal(quote["best_price"]))
+        if expected is None:
+            assert quote["offers"] == 0, (cards, duration)
+        else:
+            start, used, ask = expected
+            offer = quote["best_offer"]
+            assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
+                iso(hour_start(start)), used, ask), (cards, duration)
+        # and single-node quotes start where each node's first long free run does
+        single = quote_card_hours(organisation=buyer_client.organisation,
+                                  demand=dataclasses.replace(demand, cards=min(cards, 8), placement="single_node"))
+        starts = [earliest_run(_free_series(m, lo, lo + 148), duration, min(cards, 8)) for m in members]
+        offered = [(m.ask_per_card_hour, lo + s) for m, s in zip(members, starts)
+                   if s is not None and min(cards, 8) >= m.min_cards]
+        assert single["offers"] == len(offered), (cards, duration)
+        if offered:
+            best = min(offered)
+            assert (single["best_price"], single["best_offer"]["start"]) == (best[0], hour_start(best[1]))
 
 
 def _free_series(listing, lo: int, hi: int) -> list[int]:

@@ -300,3 +300,27 @@ def test_wait_reasons_cost_the_same_queries_for_five_orders_or_twenty(buyer_clie
 
     # when five, then all twenty, are read; then both take the same number of queries
     assert queries(orders[:5]) == queries(orders)
+
+
+def test_long_orders_explained_alone_or_together_read_the_same_reasons(buyer_client):
+    """Orders of a day or more read the market coarsened to their duration (only the sold hours
+    around long free runs): alone, each with its own duration, or together, with the shortest."""
+    # given a 72-hour node at 9 with a sold-out hour at +30 (free runs of 30 and 41 hours), and a
+    # 100-hour node at 12 with 6 of its 8 cards sold over +50..+55
+    cheap, dear = make_listing(NodeFactory(), ask="9", hours=72), make_listing(NodeFactory(), ask="12", hours=100)
+    first = cheap.hours.order_by("hour").first().hour
+    ListingHour.objects.filter(listing=cheap, hour=first + 30).update(cards_sold=8)
+    ListingHour.objects.filter(listing=dear, hour__gte=first + 50, hour__lt=first + 56).update(cards_sold=6)
+    orders = [
+        post_order(buyer_client, duration_hours=40, window_hours=72, max_price_per_card_hour="10"),  # cheap fits
+        post_order(buyer_client, duration_hours=45, window_hours=72, max_price_per_card_hour="10"),  # dear only
+        post_order(buyer_client, duration_hours=60, cards=8, window_hours=72,
+                   max_price_per_card_hour="20"),  # 8 cards for 60 hours: neither
+    ]
+    # when each is explained alone, and all are read together
+    alone = [selectors.order_explain(organisation=buyer_client.organisation, order_id=o.pk)["reasons"][0]["code"]
+             for o in orders]
+    together = selectors.order_wait_reasons(organisation=buyer_client.organisation, order_ids=[o.pk for o in orders])
+    # then both give what the calendar says
+    assert alone == ["matchable", "price_gap", "capacity_taken"]
+    assert [together[o.pk] for o in orders] == alone
