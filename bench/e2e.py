@@ -110,10 +110,11 @@ def _load(supply, demand, meta, h0: int) -> None:
 
 
 def run_e2e(*, n_orders: int, n_nodes: int) -> dict:
-    """One round over a freshly written market. Not timed: writing the market, then ANALYZE (a
-    live database's tables have statistics from autovacuum; a table written a second ago has none,
-    and the planner would be timed guessing) and loading the engine's compiled kernels (a worker
-    does that once when it starts, ``matching.tasks``; the time is reported as ``e2e_kernels_s``)."""
+    """One round over a freshly written market. Not timed: writing the market, then VACUUM ANALYZE
+    (a live database's tables have statistics and are vacuumed by autovacuum; tables written a
+    second ago have no statistics, so the planner would be timed guessing, and autovacuum would
+    start on them during the round) and loading the engine's compiled kernels (a worker does that
+    once when it starts, ``matching.tasks``; the time is reported as ``e2e_kernels_s``)."""
     setup_django(os.environ.get("BENCH_E2E_DATABASE", BENCH_DB))
     from django.db import connection
     from django.db.models import F, Sum
@@ -131,7 +132,7 @@ def run_e2e(*, n_orders: int, n_nodes: int) -> dict:
     t0 = time.perf_counter()
     _load(supply, demand, meta, h0)
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+        cursor.execute("VACUUM ANALYZE")
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     engine_warm()

@@ -17,8 +17,8 @@ import numpy as np
 def int_array(values: Iterable[int] | np.ndarray) -> str:
     """A PostgreSQL array literal of integers (``{1,2,3}``), for a ``%s::bigint[]`` (or ``int[]``)
     parameter."""
-    if isinstance(values, np.ndarray):
-        values = values.astype(np.int64, copy=False).tolist()
+    if isinstance(values, np.ndarray):  # tolist() gives Python ints already
+        return "{" + ",".join(map(str, values.astype(np.int64, copy=False).tolist())) + "}"
     return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
