@@ -23,6 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
+from config.sql import decimal_array, int_array
 from marketplace.hours import hour_start
 
 from .models import Account, Entry, Hold, Transfer
@@ -253,36 +254,44 @@ def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> No
     the no-overdraft CHECK is the backstop."""
     if not holds:
         return
-    accounts = {(o, k): pk for pk, o, k in Account.objects.filter(
-        organisation_id__in={h.organisation_id for h in holds}, currency="CNY", kind__in=BUYER_KINDS)
-        .values_list("pk", "organisation_id", "kind")}
     per_buyer: dict[int, Decimal] = defaultdict(Decimal)
     for hold in holds:
         per_buyer[hold.organisation_id] += exact(hold.amount)
     buyers = sorted(per_buyer)
+    accounts = {(o, k): pk for pk, o, k in Account.objects.filter(
+        organisation_id__in=buyers, currency="CNY", kind__in=BUYER_KINDS).values_list("pk", "organisation_id", "kind")}
     now = timezone.now()
+    # Array literals (``config.sql``): tens of thousands of holds adapted value by value would
+    # cost more than the statements. Expiries repeat (one per end hour), so each is formatted once.
+    expiry: dict[datetime, str] = {}
+    for hold in holds:
+        if hold.expires_at not in expiry:
+            expiry[hold.expires_at] = hold.expires_at.isoformat()
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO billing_transfer (idempotency_id, kind, currency, memo, created_at)"
-            " SELECT %s || t.b, 'hold', 'CNY', %s, %s FROM unnest(%s::bigint[]) AS t(b) RETURNING id",
-            [f"hold:{batch_reference}:", f"holds of {batch_reference}"[:300], now, buyers])
-        transfer_ids = [row[0] for row in cursor.fetchall()]
+            " SELECT %s || t.b, 'hold', 'CNY', %s, %s FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(b, n)"
+            " ORDER BY t.n RETURNING id, idempotency_id",
+            [f"hold:{batch_reference}:", f"holds of {batch_reference}"[:300], now, int_array(buyers)])
+        transfer_of = {key: pk for pk, key in cursor.fetchall()}
         entry_transfer, entry_account, entry_amount = [], [], []
-        for transfer_id, buyer in zip(transfer_ids, buyers):
+        for buyer in buyers:
+            transfer_id = transfer_of[f"hold:{batch_reference}:{buyer}"]
             entry_transfer += [transfer_id, transfer_id]
             entry_account += [accounts[(buyer, Account.Kind.BUYER_WALLET)], accounts[(buyer, Account.Kind.BUYER_HELD)]]
             entry_amount += [-per_buyer[buyer], per_buyer[buyer]]
         cursor.execute("INSERT INTO billing_entry (transfer_id, account_id, amount)"
                        " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[])",
-                       [entry_transfer, entry_account, entry_amount])
+                       [int_array(entry_transfer), int_array(entry_account), decimal_array(entry_amount)])
         cursor.execute("UPDATE billing_account a SET balance = a.balance + t.d FROM unnest(%s::bigint[], %s::numeric[])"
-                       " AS t(id, d) WHERE a.id = t.id", [entry_account, entry_amount])
+                       " AS t(id, d) WHERE a.id = t.id", [int_array(entry_account), decimal_array(entry_amount)])
         cursor.execute(
             "INSERT INTO billing_hold (organisation_id, reference, allocation_id, amount, posted_amount, status,"
             " expires_at, created_at, updated_at) SELECT t.o, 'allocation:' || t.a, t.a, t.m, 0, 'pending', t.e, %s,"
             " %s FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::timestamptz[]) AS t(o, a, m, e)",
-            [now, now, [h.organisation_id for h in holds], [h.allocation_id for h in holds],
-             [exact(h.amount) for h in holds], [h.expires_at for h in holds]])
+            [now, now, int_array([h.organisation_id for h in holds]), int_array([h.allocation_id for h in holds]),
+             decimal_array([exact(h.amount) for h in holds]),
+             "{" + ",".join(f'"{expiry[h.expires_at]}"' for h in holds) + "}"])
 
 
 def charge_accounts(*, buyer_id: int, supplier_id: int) -> dict[str, tuple[int | None, str]]:

@@ -327,7 +327,8 @@ class Order(models.Model):
     # Card-hours demand.
     chip_rule = models.CharField(max_length=12, choices=ChipRule.choices, blank=True)
     min_memory_gb = models.PositiveIntegerField(null=True, blank=True)
-    fit_model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    fit_model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                  db_index=False)  # indexed where set: Meta.indexes
     fit_precision = models.CharField(max_length=8, choices=AIModel.Precision.choices, blank=True)
     fit_weights_only = models.BooleanField(default=False)
     cards = models.PositiveSmallIntegerField(null=True, blank=True,
@@ -340,7 +341,8 @@ class Order(models.Model):
     max_price_per_card_hour = models.DecimalField(null=True, blank=True, **PRICE)
 
     # Tokens demand.
-    token_model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    token_model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                    db_index=False)  # indexed where set: Meta.indexes
     expected_input_tokens = models.BigIntegerField(null=True, blank=True)
     expected_output_tokens = models.BigIntegerField(null=True, blank=True)
     expected_cache_hit_ratio = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
@@ -373,7 +375,14 @@ class Order(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["status", "kind"], name="order_status_kind")]
+        indexes = [
+            models.Index(fields=["status", "kind"], name="order_status_kind"),
+            # The model references are set on few orders: indexed only where set, so the many
+            # orders without one (and every status change, which rewrites the index entries of
+            # a row) do not carry two index entries of NULL. Lookups by model use them alike.
+            models.Index(fields=["fit_model"], condition=Q(fit_model__isnull=False), name="order_fit_model_set"),
+            models.Index(fields=["token_model"], condition=Q(token_model__isnull=False), name="order_token_model_set"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(kind="tokens") | (

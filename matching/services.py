@@ -7,6 +7,7 @@ Lock order (the same as marketplace.services, so nothing deadlocks):
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -18,6 +19,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from config.errors import Unavailable
+from config.sql import bool_array, int_array, int_columns
 from marketplace.demand import order_region_rule, region_info
 from marketplace.hours import current_hour_index, hour_index
 from marketplace.models import (Allocation, AllocationPart, Listing, Node, Order, Organisation,
@@ -25,11 +27,12 @@ from marketplace.models import (Allocation, AllocationPart, Listing, Node, Order
 from marketplace.selectors import related_parties, trade_barred
 from marketplace.services import nodes_lock_shared
 
+from billing.rating import max_cost_card_hours
 from billing.services import (InsufficientFunds, MatchHold, allocation_hold_expiry, allocation_hold_place,
-                              allocation_max_cost, buyer_funds_lock, match_holds_place)
+                              buyer_funds_lock, match_holds_place)
 
 from .engine.engine import opening_best, run_engine
-from .engine.types import EngineParams, EngineResult, from_micro
+from .engine.types import MICRO, EngineParams, EngineResult, from_micro
 from .models import MatchReview, MatchRound, ReviewPolicy
 from .snapshot import load_snapshot
 
@@ -100,8 +103,14 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
     Everything the engine assumed is re-checked under locks, because other rounds, buyers and
     suppliers may have acted since the snapshot: nodes are taken FOR SHARE, orders FOR UPDATE
     SKIP LOCKED (an order another round holds is simply left for later), then the touched
-    listing-hours FOR UPDATE in (listing_id, hour) order. A match that no longer fits is dropped;
-    its order stays open for the next round.
+    listing-hours FOR UPDATE in (listing_id, hour) order, then the buyers' ledger accounts. A
+    match that no longer fits is dropped; its order stays open for the next round. Matches are
+    taken in result order: one is accepted if its order is locked and open, every listing and
+    node it uses is active, every slot it needs is still free after the matches accepted before
+    it, its buyer may trade with every supplier, and the buyer's available funds cover its hold.
+
+    Every step is a fixed number of set-based statements over arrays (a round commits tens of
+    thousands of matches), with the arrays sent as array literals (``config.sql``).
     """
     t_start = time.perf_counter()
     matches = result.count
@@ -116,126 +125,115 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
                                       engine_ms=int(timings[1] * 1000))
             return RoundOutcome(round_id, bucket, MatchRound.Status.EMPTY)
 
-        part_listing = result.part_listing_id
-        listing_rows = {row[0]: row for row in Listing.objects.filter(pk__in=np.unique(part_listing).tolist())
-                        .values_list("pk", "node_id", "organisation_id", "status", "ask_per_card_hour")}
-        node_ids = sorted({row[1] for row in listing_rows.values()})
+        listing_ids = np.unique(result.part_listing_id)
+        cells = _Cells(result)
         with connection.cursor() as cursor:
-            cursor.execute("SELECT id, status, region_id FROM marketplace_node WHERE id = ANY(%s) "
-                           "ORDER BY id FOR SHARE", [node_ids])
+            cursor.execute("SELECT id, node_id, organisation_id, status FROM marketplace_listing"
+                           " WHERE id = ANY(%s::bigint[])", [int_array(listing_ids)])
+            listing_rows = {row[0]: row for row in cursor.fetchall()}
+            node_ids = sorted({row[1] for row in listing_rows.values()})
+            cursor.execute("SELECT id, status, region_id FROM marketplace_node WHERE id = ANY(%s::bigint[])"
+                           " ORDER BY id FOR SHARE", [int_array(node_ids)])
             node_rows = {r[0]: r for r in cursor.fetchall()}
+            # Joined to the id array rather than filtered by ``= ANY``: the plan stays a join
+            # whatever the statistics say about a freshly loaded table.
             cursor.execute(
-                "SELECT o.id FROM marketplace_order o WHERE o.id = ANY(%s) AND o.status = 'open' AND NOT EXISTS ("
-                " SELECT 1 FROM marketplace_allocation a WHERE a.order_id = o.id AND a.status = ANY(%s))"
-                " ORDER BY o.id FOR UPDATE SKIP LOCKED",
-                [result.order_id.tolist(), list(Allocation.ACTIVE)])
-            lockable = {r[0] for r in cursor.fetchall()}
+                "SELECT o.id, o.organisation_id, o.max_price_per_card_hour FROM unnest(%s::bigint[]) AS t(id)"
+                " JOIN marketplace_order o ON o.id = t.id WHERE o.status = 'open' AND o.kind = 'card_hours'"
+                " AND NOT EXISTS (SELECT 1 FROM marketplace_allocation a WHERE a.order_id = o.id"
+                " AND a.status = ANY(%s)) ORDER BY o.id FOR UPDATE OF o SKIP LOCKED",
+                [int_array(result.order_id), list(Allocation.ACTIVE)])
+            orders = {pk: (organisation_id, limit) for pk, organisation_id, limit in cursor.fetchall()}
             # Listing-hours every match touches, locked in (listing_id, hour) order.
-            cells_l, cells_h = _touched_cells(result)
             cursor.execute(
-                "SELECT lh.id, lh.listing_id, lh.hour, lh.cards_offered - lh.cards_sold FROM marketplace_listinghour lh"
-                " JOIN unnest(%s::bigint[], %s::int[]) AS t(listing_id, hour)"
+                "SELECT string_agg(concat_ws(',', s.id, s.listing_id, s.hour, s.free), ',') FROM ("
+                " SELECT lh.id, lh.listing_id, lh.hour, lh.cards_offered - lh.cards_sold AS free"
+                " FROM marketplace_listinghour lh JOIN unnest(%s::bigint[], %s::int[]) AS t(listing_id, hour)"
                 " ON lh.listing_id = t.listing_id AND lh.hour = t.hour"
-                " ORDER BY lh.listing_id, lh.hour FOR UPDATE OF lh",
-                [cells_l.tolist(), cells_h.tolist()])
-            cell_rows = cursor.fetchall()
-        cell_id = {(l, h): pk for pk, l, h, _ in cell_rows}
-        remaining = {(l, h): free for _, l, h, free in cell_rows}
+                " ORDER BY lh.listing_id, lh.hour FOR UPDATE OF lh) AS s",
+                [int_array(cells.listing), int_array(cells.hour)])
+            cells.found(int_columns(cursor.fetchone()[0], 4))
         # Every match holds its buyer's maximum cost; ledger accounts are locked last.
-        orders = {o.pk: o for o in Order.objects.filter(pk__in=lockable).only(
-            "pk", "kind", "organisation_id", "max_price_per_card_hour")}
-        funds = buyer_funds_lock(organisation_ids={o.organisation_id for o in orders.values()})
+        buyer_ids = {organisation_id for organisation_id, _ in orders.values()}
+        funds = buyer_funds_lock(organisation_ids=buyer_ids)
         # No self-dealing, checked again now: a related-party mark may be newer than the snapshot.
-        related = related_parties(organisation_ids={o.organisation_id for o in orders.values()})
-        cost: dict[int, Decimal] = {}
-        short: dict[int, dict] = {}
+        related = related_parties(organisation_ids=buyer_ids)
 
-        accepted: list[int] = []
-        sold: dict[int, int] = defaultdict(int)
-        for i in range(matches):
-            order_id = int(result.order_id[i])
-            lo, hi = int(result.part_ptr[i]), int(result.part_ptr[i + 1])
-            parts = [(int(result.part_listing_id[p]), int(result.part_cards[p])) for p in range(lo, hi)]
-            hours = range(int(result.start_hour[i]), int(result.end_hour[i]))
-            ok = order_id in lockable and all(
-                l in listing_rows and listing_rows[l][3] == Listing.Status.ACTIVE
-                and node_rows.get(listing_rows[l][1], (0, ""))[1] == Node.Status.ACTIVE
-                and all(remaining.get((l, h), -1) >= c for h in hours) for l, c in parts)
-            if not ok:
-                continue
-            buyer = orders[order_id].organisation_id
-            if any(trade_barred(buyer_id=buyer, supplier_id=listing_rows[l][2], related=related) for l, _ in parts):
-                continue
-            needed = allocation_max_cost(order=orders[order_id], cards=int(result.cards[i]), hours=len(hours))
-            if funds[buyer] < needed:
-                short[order_id] = {"needed": needed, "available": funds[buyer]}
-                continue
-            funds[buyer] -= needed
-            cost[order_id] = needed
-            for l, c in parts:
-                for h in hours:
-                    remaining[(l, h)] -= c
-                    sold[cell_id[(l, h)]] += c
-            accepted.append(i)
-        for order_id, extra in short.items():
-            Order.objects.filter(pk=order_id).update(status_reason=_short_of_funds(extra))
+        # What each listing and match can still be, from the rows just locked.
+        listing_of_part = np.searchsorted(listing_ids, result.part_listing_id)
+        locked_listings = [listing_rows.get(pk) for pk in listing_ids.tolist()]
+        sellable = np.array([row is not None and row[3] == Listing.Status.ACTIVE
+                             and node_rows.get(row[1], (0, ""))[1] == Node.Status.ACTIVE for row in locked_listings],
+                            dtype=np.bool_)
+        supplier = np.array([row[2] if row else -1 for row in locked_listings], dtype=np.int64)[listing_of_part]
+        node = np.array([row[1] if row else -1 for row in locked_listings], dtype=np.int64)[listing_of_part]
+        match_orders = result.order_id.tolist()
+        buyer = np.array([orders.get(pk, (-1,))[0] for pk in match_orders], dtype=np.int64)
+        barred = np.fromiter((trade_barred(buyer_id=b, supplier_id=s, related=related) for b, s in
+                              zip(buyer[cells.match_of_part].tolist(), supplier.tolist())),
+                             dtype=np.bool_, count=supplier.size)
+        starts = result.part_ptr[:-1]  # every match has at least one part
+        usable = (buyer >= 0) & np.logical_and.reduceat(sellable[listing_of_part], starts) & cells.all_found()
+        trading = usable & ~np.logical_or.reduceat(barred, starts)
+        hours = (result.end_hour - result.start_hour).tolist()
+        cards = result.cards.tolist()
+        cost = {i: max_cost_card_hours(max_price_per_card_hour=orders[match_orders[i]][1], cards=cards[i],
+                                       hours=hours[i]) for i in np.flatnonzero(trading).tolist()}
+        accepted, short = _accept(cells, usable, trading, cost, buyer, funds)
+        for i, extra in short.items():
+            Order.objects.filter(pk=match_orders[i]).update(status_reason=_short_of_funds(extra))
 
-        flags = _review_flags(result, accepted, listing_rows, node_rows)
-        now = timezone.now()
-        # Set-based inserts: one statement each for allocations and parts (the ORM's per-value
-        # preparation costs seconds at tens of thousands of rows).
         idx = np.array(accepted, dtype=np.int64)
-        first_part = result.part_listing_id[result.part_ptr[idx]] if idx.size else np.zeros(0, np.int64)
-        order_ids = result.order_id[idx].tolist()
+        first_part = result.part_ptr[idx]
+        flags = _review_flags(result, idx, supplier=supplier[first_part], buyer=buyer[idx],
+                              node_region=np.array([node_rows[n][2] for n in node[first_part].tolist()],
+                                                   dtype=np.int64))
+        flagged = np.array([i in flags for i in accepted], dtype=np.bool_)
+        now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO marketplace_allocation (order_id, supplier_id, kind, status, start_hour, end_hour, cards,"
                 " price_per_card_hour, price_rule, round_id, created_at, updated_at)"
-                " SELECT t.order_id, t.supplier_id, 'card_hours', t.status, t.start_hour, t.end_hour, t.cards, t.price,"
-                " %s, %s, %s, %s FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[],"
-                " %s::numeric[]) AS t(order_id, supplier_id, status, start_hour, end_hour, cards, price)"
-                " RETURNING id, order_id",
-                [result.price_rule, round_id, now, now, order_ids,
-                 [listing_rows[int(l)][2] for l in first_part],
-                 [Allocation.Status.PENDING_REVIEW if flags.get(i) else Allocation.Status.CONFIRMED for i in accepted],
-                 result.start_hour[idx].tolist(), result.end_hour[idx].tolist(), result.cards[idx].tolist(),
-                 [from_micro(int(p)) for p in result.price[idx]]])
+                " SELECT t.order_id, t.supplier_id, 'card_hours',"
+                " CASE WHEN t.flagged THEN 'pending_review' ELSE 'confirmed' END, t.start_hour, t.end_hour, t.cards,"
+                " t.price * 0.000001, %s, %s, %s, %s FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::int[],"
+                " %s::int[], %s::int[], %s::bigint[]) AS t(order_id, supplier_id, flagged, start_hour, end_hour, cards,"
+                " price) RETURNING id, order_id",
+                [result.price_rule, round_id, now, now, int_array(result.order_id[idx]),
+                 int_array(supplier[first_part]), bool_array(flagged), int_array(result.start_hour[idx]),
+                 int_array(result.end_hour[idx]), int_array(result.cards[idx]), int_array(result.price[idx])])
             # an order has at most one allocation per round, so the order id names its allocation
-            allocation_of = {order_id: pk for pk, order_id in cursor.fetchall()}
-            part_alloc, part_listing_ids, part_nodes, part_cards = [], [], [], []
-            for i in accepted:
-                pk = allocation_of[int(result.order_id[i])]
-                for p in range(int(result.part_ptr[i]), int(result.part_ptr[i + 1])):
-                    listing = listing_rows[int(result.part_listing_id[p])]
-                    part_alloc.append(pk)
-                    part_listing_ids.append(listing[0])
-                    part_nodes.append(listing[1])
-                    part_cards.append(int(result.part_cards[p]))
+            allocation_of = dict((order_id, pk) for pk, order_id in cursor.fetchall())
+            allocation = np.full(matches, -1, dtype=np.int64)
+            allocation[idx] = [allocation_of[match_orders[i]] for i in accepted]
+            part_of_accepted = np.flatnonzero(allocation[cells.match_of_part] >= 0)
             cursor.execute(
                 "INSERT INTO marketplace_allocationpart (allocation_id, listing_id, node_id, cards)"
                 " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::int[])",
-                [part_alloc, part_listing_ids, part_nodes, part_cards])
+                [int_array(allocation[cells.match_of_part[part_of_accepted]]),
+                 int_array(result.part_listing_id[part_of_accepted]), int_array(node[part_of_accepted]),
+                 int_array(result.part_cards[part_of_accepted])])
+        end_hours = result.end_hour.tolist()
+        expiry = {h: allocation_hold_expiry(end_hour=h) for h in set(end_hours[i] for i in accepted)}
         match_holds_place(holds=[
-            MatchHold(organisation_id=orders[order_id].organisation_id, allocation_id=allocation_of[order_id],
-                      amount=cost[order_id], expires_at=allocation_hold_expiry(end_hour=int(result.end_hour[i])))
-            for i, order_id in zip(accepted, order_ids)], batch_reference=f"round:{round_id}")
-        reviews = [MatchReview(allocation_id=allocation_of[int(result.order_id[i])], reasons=flags[i])
-                   for i in accepted if flags.get(i)]
+            MatchHold(organisation_id=int(buyer[i]), allocation_id=int(allocation[i]), amount=cost[i],
+                      expires_at=expiry[end_hours[i]]) for i in accepted], batch_reference=f"round:{round_id}")
+        reviews = [MatchReview(allocation_id=int(allocation[i]), reasons=flags[i]) for i in accepted if i in flags]
         MatchReview.objects.bulk_create(reviews, batch_size=5000)
+        sold = cells.sold(accepted)
         with connection.cursor() as cursor:
-            if sold:
+            if sold[0].size:
                 cursor.execute(
                     "UPDATE marketplace_listinghour lh SET cards_sold = lh.cards_sold + t.n"
                     " FROM unnest(%s::bigint[], %s::int[]) AS t(id, n) WHERE lh.id = t.id",
-                    [list(sold.keys()), list(sold.values())])
-            confirmed = [int(result.order_id[i]) for i in accepted if not flags.get(i)]
+                    [int_array(sold[0]), int_array(sold[1])])
+            confirmed = [match_orders[i] for i in accepted if i not in flags]
             if confirmed:
-                cursor.execute("UPDATE marketplace_order SET status = 'matched', status_reason = '', updated_at = %s"
-                               " WHERE id = ANY(%s)",
-                               [now, confirmed])
+                cursor.execute("UPDATE marketplace_order o SET status = 'matched', status_reason = '', updated_at = %s"
+                               " FROM unnest(%s::bigint[]) AS t(id) WHERE o.id = t.id", [now, int_array(confirmed)])
         if pause_before_commit:
             time.sleep(pause_before_commit)
-        welfare = sum(int(result.surplus[i]) for i in accepted)
+        welfare = sum(result.surplus[idx].tolist())
         MatchRound.objects.create(
             round_id=round_id, bucket=bucket, status=MatchRound.Status.COMMITTED, price_rule=price_rule,
             orders_considered=orders_considered, listings_considered=listings_considered, matches=len(accepted),
@@ -246,47 +244,121 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
                         matches - len(accepted))
 
 
-def _touched_cells(result: EngineResult) -> tuple[np.ndarray, np.ndarray]:
-    match_of_part = np.repeat(np.arange(result.count), np.diff(result.part_ptr))
-    duration = (result.end_hour - result.start_hour)[match_of_part]
-    listing = np.repeat(result.part_listing_id, duration)
-    offset = np.arange(int(duration.sum())) - np.repeat(np.cumsum(duration) - duration, duration)
-    hour = np.repeat(result.start_hour[match_of_part], duration) + offset
-    cells = np.unique(np.stack([listing, hour]), axis=1)
-    return cells[0], cells[1]
+class _Cells:
+    """The listing-hours a result touches: every (part, hour) of every match as a row of the
+    ``expanded`` arrays (grouped by match, in match order), and the distinct cells, sorted by
+    (listing_id, hour), that ``found`` fills with the locked rows' ids and free cards."""
+
+    def __init__(self, result: EngineResult):
+        self.match_of_part = np.repeat(np.arange(result.count), np.diff(result.part_ptr))
+        duration = (result.end_hour - result.start_hour)[self.match_of_part]
+        part = np.repeat(np.arange(self.match_of_part.size), duration)
+        offset = np.arange(part.size) - np.repeat(np.cumsum(duration) - duration, duration)
+        hour = result.start_hour[self.match_of_part][part] + offset
+        self.first_hour = int(hour.min())
+        self.span = int(hour.max()) - self.first_hour + 1
+        key = result.part_listing_id[part] * self.span + (hour - self.first_hour)
+        self.keys, self.cell = np.unique(key, return_inverse=True)  # cell: expanded row -> distinct cell
+        self.cards = result.part_cards[part]
+        self.match = self.match_of_part[part]
+        self.ptr = np.searchsorted(self.match, np.arange(result.count + 1))  # expanded rows of match i
+        self.listing, self.hour = self.keys // self.span, self.keys % self.span + self.first_hour
+        self.row_id = np.full(self.keys.size, -1, dtype=np.int64)
+        self.free = np.full(self.keys.size, -1, dtype=np.int64)  # -1: no calendar row, never enough
+
+    def found(self, rows: np.ndarray) -> None:
+        """Record the locked rows, (id, listing_id, hour, free cards) each."""
+        at = np.searchsorted(self.keys, rows[:, 1] * self.span + (rows[:, 2] - self.first_hour))
+        self.row_id[at], self.free[at] = rows[:, 0], rows[:, 3]
+
+    def all_found(self) -> np.ndarray:
+        """Per match: every cell it needs has a calendar row."""
+        return np.logical_and.reduceat(self.row_id[self.cell] >= 0, self.ptr[:-1])
+
+    def fits(self, matches: np.ndarray) -> bool:
+        """Whether these matches all fit the free cards together."""
+        rows = np.isin(self.match, matches)
+        need = np.bincount(self.cell[rows], weights=self.cards[rows], minlength=self.keys.size)
+        return bool(np.all(need <= self.free))
+
+    def sold(self, accepted: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids, cards sold) of the cells the accepted matches take."""
+        rows = np.isin(self.match, np.array(accepted, dtype=np.int64))
+        need = np.bincount(self.cell[rows], weights=self.cards[rows], minlength=self.keys.size).astype(np.int64)
+        taken = np.flatnonzero(need > 0)
+        return self.row_id[taken], need[taken]
 
 
-def _review_flags(result: EngineResult, accepted: list[int], listing_rows: dict, node_rows: dict) -> dict[int, list]:
-    """Which accepted matches wait for an admin, and why (the policy in force)."""
+def _accept(cells: _Cells, usable: np.ndarray, trading: np.ndarray, cost: dict[int, Decimal], buyer: np.ndarray,
+            funds: dict[int, Decimal]) -> tuple[list[int], dict[int, dict]]:
+    """The matches to commit, in result order, and those dropped for their buyer's funds (with
+    the amounts). ``usable``: order locked, listings and nodes active, calendar rows present;
+    ``trading``: also no barred pair. Taken one by one, a usable match needs its slots still free
+    after those accepted before it, then a trading one its hold covered by what is left of its
+    buyer's funds. When every trading match fits the slots and every buyer's funds at once (the
+    usual case: the snapshot is seconds old), that is the answer without the walk."""
+    candidates = np.flatnonzero(trading)
+    need: dict[int, Decimal] = defaultdict(Decimal)
+    buyers = buyer.tolist()
+    for i in candidates.tolist():
+        need[buyers[i]] += cost[i]
+    if cells.fits(candidates) and all(total <= funds[b] for b, total in need.items()):
+        return candidates.tolist(), {}
+    free = cells.free.copy()
+    left = dict(funds)
+    accepted: list[int] = []
+    short: dict[int, dict] = {}
+    for i in np.flatnonzero(usable).tolist():
+        rows = slice(cells.ptr[i], cells.ptr[i + 1])
+        taken, cards = cells.cell[rows], cells.cards[rows]
+        if np.any(free[taken] < cards) or not trading[i]:
+            continue
+        if left[buyers[i]] < cost[i]:
+            short[i] = {"needed": cost[i], "available": left[buyers[i]]}
+            continue
+        left[buyers[i]] -= cost[i]
+        free[taken] -= cards
+        accepted.append(i)
+    return accepted, short
+
+
+def _review_flags(result: EngineResult, accepted: np.ndarray, *, supplier: np.ndarray, buyer: np.ndarray,
+                  node_region: np.ndarray) -> dict[int, list]:
+    """Which accepted matches wait for an admin, and why (the policy in force). ``supplier``,
+    ``buyer`` and ``node_region`` are per accepted match (its first part's supplier and node)."""
     policy = review_policy_current()
-    if not policy.enabled or not accepted:
+    if not policy.enabled or not accepted.size:
         return {}
-    supplier_ids = {listing_rows[int(result.part_listing_id[result.part_ptr[i]])][2] for i in accepted}
-    reliability = dict(Organisation.objects.filter(pk__in=supplier_ids).values_list("pk", "reliability"))
-    by_id = {r.pk: r for r in Region.objects.all()}
-    buyer_home = dict(Order.objects.filter(pk__in=[int(result.order_id[i]) for i in accepted])
-                      .values_list("pk", "organisation__home_region_id"))
+    hours = result.end_hour[accepted] - result.start_hour[accepted]
+    # value > threshold, in exact integers: value_micro > threshold_micro <=> > floor(threshold_micro)
+    value_micro = result.price[accepted] * result.cards[accepted] * hours
+    high = value_micro > int(math.floor(policy.value_threshold * MICRO))
+    reliability = dict(Organisation.objects.filter(pk__in=set(supplier.tolist())).values_list("pk", "reliability"))
+    unreliable = {pk for pk, r in reliability.items() if r < policy.min_supplier_reliability}
+    low = np.isin(supplier, list(unreliable))
+    outside = np.zeros(accepted.size, dtype=np.bool_)
+    if policy.flag_outside_buyer_country:
+        by_id = {r.pk: r for r in Region.objects.all()}
+        country = {pk: _country(region, by_id) for pk, region in by_id.items()}
+        home = dict(Organisation.objects.filter(pk__in=set(buyer.tolist())).values_list("pk", "home_region_id"))
+        buyer_country = [country[home[b]] if home.get(b) else None for b in buyer.tolist()]
+        node_country = [country[r] for r in node_region.tolist()]
+        outside = np.array([b is not None and b != n for b, n in zip(buyer_country, node_country)], dtype=np.bool_)
     flags: dict[int, list] = {}
-    for i in accepted:
+    for k in np.flatnonzero(high | low | outside).tolist():
+        i = int(accepted[k])
         reasons = []
-        hours = int(result.end_hour[i] - result.start_hour[i])
-        value = from_micro(int(result.price[i])) * int(result.cards[i]) * hours
-        if value > policy.value_threshold:
+        if high[k]:
+            value = from_micro(int(result.price[i])) * int(result.cards[i]) * int(hours[k])
             reasons.append({"code": "high_value", "message": f"worth {value} CNY, above {policy.value_threshold}"})
-        listing = listing_rows[int(result.part_listing_id[result.part_ptr[i]])]
-        if reliability.get(listing[2], Decimal(1)) < policy.min_supplier_reliability:
+        if low[k]:
             reasons.append({"code": "low_reliability",
-                            "message": f"supplier reliability {reliability[listing[2]]} below "
+                            "message": f"supplier reliability {reliability[int(supplier[k])]} below "
                                        f"{policy.min_supplier_reliability}"})
-        home = buyer_home.get(int(result.order_id[i]))
-        if policy.flag_outside_buyer_country and home:
-            buyer_country = _country(by_id[home], by_id)
-            node_country = _country(by_id[node_rows[listing[1]][2]], by_id)
-            if buyer_country != node_country:
-                reasons.append({"code": "outside_buyer_country",
-                                "message": f"runs in {node_country}, the buyer is in {buyer_country}"})
-        if reasons:
-            flags[i] = reasons
+        if outside[k]:
+            reasons.append({"code": "outside_buyer_country",
+                            "message": f"runs in {node_country[k]}, the buyer is in {buyer_country[k]}"})
+        flags[i] = reasons
     return flags
 
 

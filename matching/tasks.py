@@ -7,6 +7,7 @@ a burst of orders triggers one round per bucket, not one per order.
 from dataclasses import asdict
 
 from celery import shared_task
+from celery.signals import worker_init, worker_process_init
 from django.conf import settings
 from django.core.cache import cache
 from django.db import OperationalError
@@ -14,12 +15,21 @@ from django.db import OperationalError
 from marketplace.models import Order
 
 from . import services
+from .engine.engine import engine_warm
 from .snapshot import buckets_for_order, buckets_with_supply
 
 DEBOUNCE_SECONDS = 2
 # A queued round that has not started within this long is dropped by the worker (the next beat
 # queues a fresh one), so rounds never pile up while workers lag or are down.
 ROUND_EXPIRES_SECONDS = 120
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _engine_load(**_) -> None:
+    """A worker loads the matching kernels when it starts (a pool's child when it forks), so its
+    first round does not pay for it."""
+    engine_warm()
 
 
 def _pending_key(bucket: str) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from django.db import connection
 
 from bench.optimum import lp_dual_bound
+from marketplace.hours import hour_index
 from marketplace.models import Listing, Order, Region
 from matching.engine.types import INTERCONNECTS, DemandBook, SupplyBook, to_micro
 from matching.snapshot import demand_book, order_rows
@@ -61,7 +62,7 @@ def hindsight_books(run: SimRun) -> tuple[SupplyBook, DemandBook]:
     for row in rows:
         if row["rematch_count"]:
             row["duration_hours"] = row["original_duration_hours"] or row["duration_hours"]
-            row["earliest_start"] = run.start
+            row["earliest_hour"] = hour_index(run.start)
     return supply, demand_book(rows, h0=h0, horizon=horizon, regions=list(Region.objects.all()))
 
 

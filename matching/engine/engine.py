@@ -6,7 +6,7 @@ import numpy as np
 
 from .kernel import DEAD, greedy_match, probe_regret
 from .pricing import apply_price_rule
-from .types import SAME_FABRIC, DemandBook, EngineParams, EngineResult, SupplyBook
+from .types import ANY_INTERCONNECT, SAME_FABRIC, DemandBook, EngineParams, EngineResult, SupplyBook
 
 MAX_BAND_CANDIDATES = 16
 
@@ -70,6 +70,29 @@ def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | No
 
     return _result(supply, demand, params, out_start, part_order[:n_parts], part_listing[:n_parts],
                    part_cards[:n_parts])
+
+
+def engine_warm() -> None:
+    """Load the compiled kernels into this process by matching a one-order book. numba keeps the
+    machine code on disk (``cache=True``), but loading it costs a process about half a second on
+    its first match; a worker calls this when it starts so that no round pays for it."""
+    supply = SupplyBook(
+        h0=0, listing_id=np.array([1], dtype=np.int64), node_id=np.array([1], dtype=np.int64),
+        supplier=np.array([1], dtype=np.int64), chip=np.array([0], dtype=np.int32),
+        region=np.array([0], dtype=np.int32), interconnect=np.array([0], dtype=np.int8),
+        fabric=np.array([-1], dtype=np.int32), ask=np.array([1_000_000], dtype=np.int64),
+        min_cards=np.array([1], dtype=np.int16), min_hours=np.array([1], dtype=np.int16),
+        free=np.full((1, 4), 8, dtype=np.int16), price_bucket=np.array([0], dtype=np.int64))
+    demand = DemandBook(
+        order_id=np.array([1], dtype=np.int64), arrival=np.array([1], dtype=np.int64),
+        bid=np.array([2_000_000], dtype=np.int64), duration=np.array([2], dtype=np.int32),
+        earliest=np.array([0], dtype=np.int32), latest_end=np.array([4], dtype=np.int32),
+        interconnects=np.array([ANY_INTERCONNECT], dtype=np.int8), placement=np.array([0], dtype=np.int8),
+        rule=np.array([0], dtype=np.int32), opt_ptr=np.array([0, 1], dtype=np.int64),
+        opt_chip=np.array([0], dtype=np.int32), opt_cards=np.array([4], dtype=np.int16),
+        allowed=np.ones((1, 1), dtype=np.bool_), buyer=np.array([2], dtype=np.int64))
+    if run_engine(supply, demand).count != 1:
+        raise RuntimeError("the warm-up book did not match")
 
 
 def _exclusions(supply: SupplyBook, demand: DemandBook, params: EngineParams) -> np.ndarray:

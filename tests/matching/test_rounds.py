@@ -72,6 +72,52 @@ def test_persist_rechecks_a_stale_snapshot(buyer_client):
 
 
 @pytest.mark.django_db
+def test_persist_takes_matches_in_order_when_they_no_longer_all_fit(client_for):
+    # given two 4-card orders of two buyers that can only run in the same 3 hours, both matched
+    # on the snapshot to one 8-card node ...
+    listing = make_listing(NodeFactory(card_count=8), cards=8, ask="9")
+    first_buyer, second_buyer, rival_buyer = (client_for(is_buyer=True) for _ in range(3))
+    post_order(first_buyer, window_hours=3)
+    post_order(second_buyer, window_hours=3)
+    snapshot = load_snapshot("*:*")
+    result = run_engine(snapshot.supply, snapshot.demand)
+    assert result.count == 2 and len(set(result.start_hour.tolist())) == 1
+    # ... while a direct sale takes half the node in those hours before the round commits
+    rival = post_order(rival_buyer, window_hours=3)
+    start = int(result.start_hour[0])
+    lifecycle.slots_reserve(order_id=rival.pk, claims=[market.SlotClaim(listing.pk, 4)], start_hour=start,
+                            end_hour=start + 3, price_per_card_hour=Decimal("10"))
+    # when the round persists, then the first match in result order still fits and is committed,
+    # the second no longer does and its order stays open; nothing is oversold
+    outcome = services.round_persist(round_id="half", bucket="*:*", result=result, price_rule="uniform_clipped")
+    assert outcome.matches == 1 and outcome.skipped_stale == 1
+    kept, dropped = int(result.order_id[0]), int(result.order_id[1])
+    assert Order.objects.get(pk=kept).status == "matched" and Order.objects.get(pk=dropped).status == "open"
+    assert Allocation.objects.filter(round_id="half").get().order_id == kept
+    assert_calendar_consistent()
+
+
+@pytest.mark.django_db
+def test_persist_drops_a_match_its_buyer_can_no_longer_hold(client_for):
+    # given a buyer whose wallet covers the hold of one of its two orders (4 cards x 3 hours x
+    # 12.50 = 150 CNY each), and two nodes so both are matched
+    make_listing(NodeFactory(), ask="9")
+    make_listing(NodeFactory(), ask="9")
+    buyer = client_for(is_buyer=True, funds=Decimal("200"))
+    orders = [post_order(buyer), post_order(buyer)]
+    # when a round runs
+    outcome = services.round_run(bucket="*:*")
+    # then the first match in result order holds 150 CNY, the other is dropped with the reason
+    assert outcome.matches == 1 and outcome.skipped_stale == 1
+    matched = Allocation.objects.get(round_id=outcome.round_id).order_id
+    other = Order.objects.get(pk=({o.pk for o in orders} - {matched}).pop())
+    assert other.status == "open"
+    assert other.status_reason.startswith("insufficient funds: the match needs a hold of 150")
+    assert "the wallet has 50" in other.status_reason
+    assert_calendar_consistent()
+
+
+@pytest.mark.django_db
 def test_buckets_partition_supply_by_vendor_and_hub(buyer_client):
     ascend = ChipType.objects.get(code="huawei-ascend-910b")
     make_listing(NodeFactory())  # NVIDIA in Gui'an (guizhou hub)
