@@ -141,9 +141,9 @@ class CardHourMarket:
     hours crosses may be given as a run with no card free. Every run of that many hours or more
     then has the same least free cards as on the true calendar, which is all a quote reads.
 
-    ``sold`` is None when the market was loaded without its sold runs (``sold=False``): a quote
-    on it reads them chunk by chunk of its window (``_first_fits``), for the listings still
-    searched; such a market covers nothing but the search it was loaded for.
+    ``sold`` is None when the market was loaded without its sold runs (``card_hour_market_load``'s
+    ``sold``): each quote on it reads those it needs, chunk by chunk of its window
+    (``_first_fits``), for the listings it still searches.
     """
     first: int
     last: int
@@ -156,8 +156,7 @@ class CardHourMarket:
 
     def covers(self, first: int, last: int, duration: int) -> bool:
         """Whether quotes of ``duration`` hours within ``[first, last)`` can be read off it."""
-        return (self.sold is not None and self.first <= first and last <= self.last
-                and duration >= self.min_duration)
+        return self.first <= first and last <= self.last and (self.sold is None or duration >= self.min_duration)
 
 
 _SOLD_RUNS = """
@@ -212,14 +211,15 @@ _HOUR_OF_END = RawSQL('floor(extract(epoch FROM "marketplace_listing"."end") / 3
 def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=None, interconnects=None,
                           max_min_hours: int | None = None, listing_ids=None,
                           catalogue: Catalogue | None = None, min_duration: int = 1,
-                          sold: bool = True) -> CardHourMarket:
+                          sold: bool | None = True) -> CardHourMarket:
     """The supply quotes read over hours ``[first, last)``, narrowed in SQL by whichever filters
     are given (None: no filter), for demands of at least ``min_duration`` hours. Two or three
     queries whatever the window (and the catalogue's two unless given): the listings, and the
     sold runs through the partial index of sold hours (``listinghour_sold``), every one in the
     window or, for long demands (``LATTICE_MIN_HOURS``), only those around long free runs
     (``_sold_runs_around``); no unsold calendar row is read. ``sold=False``: the listings only
-    (``CardHourMarket.sold`` is None)."""
+    (``CardHourMarket.sold`` is None); ``sold=None``: the sold runs only when that read is bounded
+    whatever the book (``_sold_read_bounded``), for a market shared by many quotes."""
     listings = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
                                       node__status=Node.Status.ACTIVE, start__lt=hour_start(last),
                                       end__gt=hour_start(first))
@@ -241,7 +241,7 @@ def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=No
                            "node__fabric_id")]
     min_duration = max(1, min_duration)
     runs = None
-    if sold:
+    if sold or (sold is None and _sold_read_bounded(first, last, min_duration)):
         runs, min_duration = _sold_read(rows, first, last, min_duration)
     catalogue = catalogue or catalogue_load()
     return CardHourMarket(first=first, last=last, listings=rows, sold=runs, catalogue=catalogue,
@@ -256,6 +256,14 @@ def _sold_read(rows: list[_Supply], first: int, last: int,
     if min_duration >= LATTICE_MIN_HOURS and (last - first) // min_duration <= LATTICE_MAX_POINTS:
         return _sold_runs_around(rows, first, last, min_duration), min_duration
     return _sold_runs(rows, first, last), 1
+
+
+def _sold_read_bounded(first: int, last: int, min_duration: int) -> bool:
+    """Whether ``_sold_read`` over ``[first, last)`` reads a bounded share of the book: the
+    lattice's few points per listing, or a window a search would read in its first chunk anyway
+    (``_chunks``)."""
+    return ((min_duration >= LATTICE_MIN_HOURS and (last - first) // min_duration <= LATTICE_MAX_POINTS)
+            or last - first < 2 * (FIRST_CHUNK_HOURS + min_duration))
 
 
 def _sold_runs(rows: list[_Supply], first: int, last: int) -> dict[int, list[tuple[int, int, int]]]:
