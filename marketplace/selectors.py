@@ -3,6 +3,7 @@ raises ``NotFound`` (the API answers 404, never 403, for another organisation's 
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -139,11 +140,15 @@ class CardHourMarket:
     runs may be coarsened (``_sold_runs_around``): hours that no free run of ``min_duration``
     hours crosses may be given as a run with no card free. Every run of that many hours or more
     then has the same least free cards as on the true calendar, which is all a quote reads.
+
+    ``sold`` is None when the market was loaded without its sold runs (``card_hour_market_load``'s
+    ``sold``): each quote on it reads those it needs, chunk by chunk of its window
+    (``_first_fits``), for the listings it still searches.
     """
     first: int
     last: int
     listings: list[_Supply]
-    sold: dict[int, list[tuple[int, int, int]]]
+    sold: dict[int, list[tuple[int, int, int]]] | None
     catalogue: Catalogue
     by_id: dict[int, Region]
     by_ask: list[_Supply]  # the same listings, cheapest first
@@ -151,7 +156,7 @@ class CardHourMarket:
 
     def covers(self, first: int, last: int, duration: int) -> bool:
         """Whether quotes of ``duration`` hours within ``[first, last)`` can be read off it."""
-        return self.first <= first and last <= self.last and duration >= self.min_duration
+        return self.first <= first and last <= self.last and (self.sold is None or duration >= self.min_duration)
 
 
 _SOLD_RUNS = """
@@ -205,13 +210,16 @@ _HOUR_OF_END = RawSQL('floor(extract(epoch FROM "marketplace_listing"."end") / 3
 
 def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=None, interconnects=None,
                           max_min_hours: int | None = None, listing_ids=None,
-                          catalogue: Catalogue | None = None, min_duration: int = 1) -> CardHourMarket:
+                          catalogue: Catalogue | None = None, min_duration: int = 1,
+                          sold: bool | None = True) -> CardHourMarket:
     """The supply quotes read over hours ``[first, last)``, narrowed in SQL by whichever filters
     are given (None: no filter), for demands of at least ``min_duration`` hours. Two or three
     queries whatever the window (and the catalogue's two unless given): the listings, and the
     sold runs through the partial index of sold hours (``listinghour_sold``), every one in the
     window or, for long demands (``LATTICE_MIN_HOURS``), only those around long free runs
-    (``_sold_runs_around``); no unsold calendar row is read."""
+    (``_sold_runs_around``); no unsold calendar row is read. ``sold=False``: the listings only
+    (``CardHourMarket.sold`` is None); ``sold=None``: the sold runs only when that read is bounded
+    whatever the book (``_sold_read_bounded``), for a market shared by many quotes."""
     listings = Listing.objects.filter(status=Listing.Status.ACTIVE, token_model__isnull=True,
                                       node__status=Node.Status.ACTIVE, start__lt=hour_start(last),
                                       end__gt=hour_start(first))
@@ -232,14 +240,30 @@ def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=No
                            "start_hour", "end_hour", "node__chip_id", "node__region_id", "node__interconnect",
                            "node__fabric_id")]
     min_duration = max(1, min_duration)
-    if min_duration >= LATTICE_MIN_HOURS and (last - first) // min_duration <= LATTICE_MAX_POINTS:
-        sold = _sold_runs_around(rows, first, last, min_duration)
-    else:
-        sold, min_duration = _sold_runs(rows, first, last), 1
+    runs = None
+    if sold or (sold is None and _sold_read_bounded(first, last, min_duration)):
+        runs, min_duration = _sold_read(rows, first, last, min_duration)
     catalogue = catalogue or catalogue_load()
-    return CardHourMarket(first=first, last=last, listings=rows, sold=sold, catalogue=catalogue,
+    return CardHourMarket(first=first, last=last, listings=rows, sold=runs, catalogue=catalogue,
                           by_id={r.pk: r for r in catalogue.regions.values()},
                           by_ask=sorted(rows, key=lambda r: (r.ask, -r.listing_id)), min_duration=min_duration)
+
+
+def _sold_read(rows: list[_Supply], first: int, last: int,
+               min_duration: int) -> tuple[dict[int, list[tuple[int, int, int]]], int]:
+    """The sold runs of these listings within ``[first, last)`` that demands of ``min_duration``
+    hours or more need, and the least duration they answer (``CardHourMarket.min_duration``)."""
+    if min_duration >= LATTICE_MIN_HOURS and (last - first) // min_duration <= LATTICE_MAX_POINTS:
+        return _sold_runs_around(rows, first, last, min_duration), min_duration
+    return _sold_runs(rows, first, last), 1
+
+
+def _sold_read_bounded(first: int, last: int, min_duration: int) -> bool:
+    """Whether ``_sold_read`` over ``[first, last)`` reads a bounded share of the book: the
+    lattice's few points per listing, or a window a search would read in its first chunk anyway
+    (``_chunks``)."""
+    return ((min_duration >= LATTICE_MIN_HOURS and (last - first) // min_duration <= LATTICE_MAX_POINTS)
+            or last - first < 2 * (FIRST_CHUNK_HOURS + min_duration))
 
 
 def _sold_runs(rows: list[_Supply], first: int, last: int) -> dict[int, list[tuple[int, int, int]]]:
@@ -366,25 +390,13 @@ def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand,
 def quote_card_hours_cheapest(*, organisation: Organisation, demand: CardHoursDemand,
                               market: CardHourMarket | None = None) -> Decimal | None:
     """The least ask among the offers ``quote_card_hours`` makes for this demand (None when it
-    makes none), found without listing every offer: listings are tried cheapest first and the
-    search stops as soon as nothing cheaper can follow. For callers that only need whether the
-    market offers anything and at what price (buyer figures)."""
+    makes none), found without listing every offer: listings (fabrics) are tried cheapest first
+    and the search stops as soon as nothing cheaper can follow. For callers that only need whether
+    the market offers anything and at what price (buyer figures)."""
     search = _search(organisation, demand, market)
-    if search.placement == "single_node":
-        for s in search.market.by_ask:
-            if search.admits(s) and _single_offer(search, s) is not None:
-                return s.ask
-        return None
-    best = None
-    groups = sorted(_fabric_groups(search).items(), key=lambda kv: min(m.ask for m in kv[1]))
-    for (_, _, chip_id), members in groups:
-        if best is not None and min(m.ask for m in members) >= best:
-            break  # a fabric's ask is at least its cheapest member's
-        offer = _fabric_offer(members, search.cards_for_chip[chip_id], search.duration, search.first, search.last,
-                              search.market.sold)
-        if offer is not None and (best is None or offer[1] < best):
-            best = offer[1]
-    return best
+    fits = _first_fits(market=search.market, first=search.first, last=search.last, duration=search.duration,
+                       candidates=_candidates(search, cheapest=True), fit=_fit_of(search.placement), cheapest=True)
+    return min((fit[1] for _, fit in fits), default=None)
 
 
 @dataclass(frozen=True)
@@ -420,24 +432,14 @@ def _search(organisation: Organisation, demand: CardHoursDemand, market: CardHou
     first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
     last = hour_index(demand.latest_end)
     if market is None or not market.covers(first, last, demand.duration_hours):
+        # the listings only: the sold runs are read chunk by chunk of the window (_first_fits)
         market = card_hour_market_load(first=first, last=last, chip_ids=cards_for_chip, region_ids=allowed_regions,
                                        interconnects=demand.interconnects, max_min_hours=demand.duration_hours,
-                                       catalogue=catalogue, min_duration=demand.duration_hours)
+                                       catalogue=catalogue, min_duration=demand.duration_hours, sold=False)
     return _Search(resolved=resolved, market=market, placement=demand.placement,
                    interconnects=frozenset(demand.interconnects or ()), allowed_regions=allowed_regions,
                    cards_for_chip=cards_for_chip, chip_codes={o.chip.pk: o.chip.code for o in resolved.options},
                    first=first, last=last, duration=demand.duration_hours)
-
-
-def _single_offer(search: _Search, s: _Supply) -> _Offer | None:
-    need = search.cards_for_chip[s.chip_id]
-    if need < s.min_cards:
-        return None
-    start = _earliest_free_run(s, need, search.first, search.last, search.duration,
-                               search.market.sold.get(s.listing_id, ()))
-    if start is None:
-        return None
-    return _Offer(search.chip_codes[s.chip_id], search.market.by_id[s.region_id].code, s.ask, need, start, 1)
 
 
 def _fabric_groups(search: _Search) -> dict[tuple, list[_Supply]]:
@@ -449,20 +451,119 @@ def _fabric_groups(search: _Search) -> dict[tuple, list[_Supply]]:
     return groups
 
 
+def _candidates(search: _Search, cheapest: bool = False) -> Iterator[tuple[int, list[_Supply]]]:
+    """What may make an offer, as ``(cards needed, listings)``: each admitted listing alone (single
+    node) or each supplier's fabric of one chip (same fabric), in listing order (newest first) or,
+    ``cheapest``, by their cheapest listing's ask. Those that could not hold the cards even wholly
+    free are left out (they never make an offer)."""
+    if search.placement == "single_node":
+        for s in search.market.by_ask if cheapest else search.market.listings:
+            if search.admits(s) and s.min_cards <= search.cards_for_chip[s.chip_id] <= s.cards:
+                yield search.cards_for_chip[s.chip_id], [s]
+        return
+    groups = list(_fabric_groups(search).items())
+    if cheapest:
+        groups.sort(key=lambda kv: min(m.ask for m in kv[1]))
+    for (_, _, chip_id), members in groups:
+        need = search.cards_for_chip[chip_id]
+        # a member is only ever taken for at least its minimum cards, and at most all of them
+        if sum(m.cards for m in members if m.cards >= max(1, m.min_cards)) >= need:
+            yield need, members
+
+
+# (cheapest listing, ask, start hour, nodes used) of a candidate's first fit
+_Fit = tuple[_Supply, Decimal, int, int]
+
+
+def _single_fit(need: int, members: list[_Supply], first: int, last: int, duration: int, sold) -> _Fit | None:
+    listing = members[0]
+    start = _earliest_free_run(listing, need, first, last, duration, sold.get(listing.listing_id, ()))
+    return None if start is None else (listing, listing.ask, start, 1)
+
+
+def _fabric_fit(need: int, members: list[_Supply], first: int, last: int, duration: int, sold) -> _Fit | None:
+    return _fabric_offer(members, need, duration, first, last, sold)
+
+
+def _fit_of(placement: str):
+    return _single_fit if placement == "single_node" else _fabric_fit
+
+
+# A search reads the sold runs of its window in chunks (``_chunks``): the first FIRST_CHUNK_HOURS
+# hours and the demand's duration, then each twice the one before. A listing that fits leaves the
+# search, so a short demand over a window of months reads one chunk of the listings' sold hours,
+# not every sold hour of the window (a million rows on a 1,000-node book a third sold).
+FIRST_CHUNK_HOURS = 48
+
+
+def _chunks(first: int, last: int, duration: int):
+    """Spans ``[lo, hi)`` covering ``[first, last)``, in order: the first ``FIRST_CHUNK_HOURS +
+    duration`` hours, then each twice as long as the one before, each starting ``duration - 1``
+    hours before the one before ends. Every run of ``duration`` hours in the window lies within a
+    span, and one starting before a span's start lies within an earlier span; so the first start
+    found span by span is the window's first. A span that would leave less than its own length
+    takes the rest of the window."""
+    lo, size = first, FIRST_CHUNK_HOURS + duration
+    while True:
+        hi = last if last - lo < 2 * size else lo + size
+        yield lo, hi
+        if hi >= last:
+            return
+        lo, size = hi - duration + 1, 2 * size
+
+
+def _first_fits(*, market: CardHourMarket, first: int, last: int, duration: int,
+                candidates: Iterable[tuple[int, list[_Supply]]], fit,
+                cheapest: bool = False) -> list[tuple[int, _Fit]]:
+    """``(cards needed, first fit)`` of each candidate ``(cards needed, listings)`` that fits in
+    ``[first, last)`` (``fit``: ``_single_fit`` or ``_fabric_fit``), in the candidates' order:
+    exactly what ``fit`` gives over the whole window.
+
+    On a market loaded without its sold runs, the window is searched in chunks (``_chunks``):
+    each reads the sold runs of the listings still searched that could hold ``duration`` hours
+    in it, and a candidate leaves the search at its first fit or when none of its listings can
+    hold ``duration`` hours in the rest of the window. A market with its sold runs read is
+    searched whole, the candidates read lazily. ``cheapest``: only the least ask matters; the
+    candidates come cheapest listing first, and the search stops at the first whose cheapest
+    listing asks no less than an ask already found (a fabric asks at least its cheapest
+    member's), so the least ask found is the least of every candidate's."""
+    whole = market.sold is not None
+    pending: Iterable[tuple[int, int, list[_Supply]]] = (
+        (i, need, members) for i, (need, members) in enumerate(candidates))
+    found: dict[int, tuple[int, _Fit]] = {}
+    best = None
+    for lo, hi in [(first, last)] if whole else _chunks(first, last, duration):
+        if whole:
+            sold = market.sold
+        else:
+            pending = list(pending)
+            rows = {s.listing_id: s for _, _, members in pending for s in members
+                    if min(hi, s.end_hour) - max(lo, s.start_hour) >= duration}
+            sold = _sold_read(list(rows.values()), lo, hi, duration)[0]
+        after = hi - duration + 1  # where the next chunk starts
+        still = []
+        for i, need, members in pending:
+            if best is not None and min(s.ask for s in members) >= best:
+                break  # tried cheapest first: none after this one is cheaper either
+            fits = fit(need, members, lo, hi, duration, sold)
+            if fits is not None:
+                found[i] = (need, fits)
+                if cheapest and (best is None or fits[1] < best):
+                    best = fits[1]
+            elif hi < last and any(min(last, s.end_hour) - max(after, s.start_hour) >= duration for s in members):
+                still.append((i, need, members))
+        pending = still
+        if not pending:
+            break
+    return [found[i] for i in sorted(found)]
+
+
 def _offers(search: _Search) -> list[_Offer]:
     """Every offer, in listing order (newest listing first)."""
-    if search.placement == "single_node":
-        return [o for o in (_single_offer(search, s) for s in search.market.listings if search.admits(s))
-                if o is not None]
-    offers = []
-    for (_, _, chip_id), members in _fabric_groups(search).items():
-        offer = _fabric_offer(members, search.cards_for_chip[chip_id], search.duration, search.first, search.last,
-                              search.market.sold)
-        if offer is not None:
-            lead, ask, start, used = offer
-            offers.append(_Offer(search.chip_codes[chip_id], search.market.by_id[lead.region_id].code, ask,
-                                 search.cards_for_chip[chip_id], start, used))
-    return offers
+    fits = _first_fits(market=search.market, first=search.first, last=search.last, duration=search.duration,
+                       candidates=_candidates(search), fit=_fit_of(search.placement))
+    return [_Offer(search.chip_codes[lead.chip_id], search.market.by_id[lead.region_id].code, ask, need, start, used)
+            for need, (lead, ask, start, used) in fits]
 
 
 def _earliest_free_run(listing: _Supply, need: int, first: int, last: int, duration: int, sold) -> int | None:
@@ -486,18 +587,16 @@ def earliest_runs(*, needs: dict[int, int], first: int, last: int, duration: int
     """For each active card-hour listing id in ``needs`` (listing -> cards needed), the first hour
     in ``[first, last)`` that starts ``duration`` consecutive hours with that many cards free.
 
-    Reads the listings' bounds and their sold runs (only those around long free runs when
-    ``duration`` is long, as quotes do); the unsold calendar rows are never read.
+    Reads the listings' bounds and their sold runs chunk by chunk of the window, as quotes do
+    (``_first_fits``; only those around long free runs when ``duration`` is long); the unsold
+    calendar rows are never read.
     """
     if not needs or last - first < duration:
         return {}
-    market = card_hour_market_load(first=first, last=last, listing_ids=needs, min_duration=duration)
-    starts = {}
-    for s in market.listings:
-        start = _earliest_free_run(s, needs[s.listing_id], first, last, duration, market.sold.get(s.listing_id, ()))
-        if start is not None:
-            starts[s.listing_id] = start
-    return starts
+    market = card_hour_market_load(first=first, last=last, listing_ids=needs, min_duration=duration, sold=False)
+    fits = _first_fits(market=market, first=first, last=last, duration=duration,
+                       candidates=((needs[s.listing_id], [s]) for s in market.listings), fit=_single_fit)
+    return {fit[0].listing_id: fit[2] for _, fit in fits}
 
 
 def _free_profile(listing: _Supply, first: int, last: int, sold) -> list[tuple[int, int, int]]:

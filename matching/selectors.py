@@ -63,9 +63,11 @@ def order_wait_reasons(*, organisation: Organisation, order_ids: list[int]) -> d
     waiting = [o for o in orders if o.status == Order.Status.OPEN and o.kind == Order.Kind.CARD_HOURS]
     windows = [(*_order_window(o), o.duration_hours or 1) for o in waiting]
     windows = [(first, last, hours) for first, last, hours in windows if first < last]
-    # one read for every order: only as coarse as the shortest order allows
+    # one read for every order: only as coarse as the shortest order allows (of the listings alone
+    # when the sold hours of the orders' windows are too many to read at once: each quote then
+    # reads those it needs)
     market = card_hour_market_load(first=min(w[0] for w in windows), last=max(w[1] for w in windows),
-                                   min_duration=min(w[2] for w in windows)) if windows else None
+                                   min_duration=min(w[2] for w in windows), sold=None) if windows else None
     out = {}
     for order in orders:
         reasons = _explain(order, organisation, pending=pending.get(order.pk), available=available, market=market,
@@ -108,9 +110,10 @@ def _explain(order: Order, organisation: Organisation, *, pending: Allocation | 
         if market is None or not market.covers(*_order_window(order), demand.duration_hours):
             first, last = _order_window(order)
             # every quote below reads this one snapshot of the supply (all chips and regions), all
-            # of them for the order's duration
-            market = card_hour_market_load(first=first, last=last, min_duration=demand.duration_hours) \
-                if first < last else None
+            # of them for the order's duration (its sold hours too unless the window holds too many
+            # to read at once: each quote then reads those it needs)
+            market = card_hour_market_load(first=first, last=last, min_duration=demand.duration_hours,
+                                           sold=None) if first < last else None
         unlimited = dataclasses.replace(demand, max_price_per_card_hour=NO_PRICE_LIMIT)
         if with_alternatives:
             quote = quote_card_hours(organisation=organisation, market=market, demand=unlimited)

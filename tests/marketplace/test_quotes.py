@@ -10,8 +10,8 @@ from marketplace import services
 from marketplace.models import ChipType, ListingHour, Order, Region
 from marketplace.hours import hour_start
 from marketplace.demand import CardHoursDemand, RegionPolicySpec
-from marketplace.selectors import (LATTICE_MIN_HOURS, card_hour_market_load, earliest_runs, quote_card_hours,
-                                   quote_card_hours_cheapest, window_mins)
+from marketplace.selectors import (FIRST_CHUNK_HOURS, LATTICE_MIN_HOURS, card_hour_market_load, earliest_runs,
+                                   quote_card_hours, quote_card_hours_cheapest, window_mins)
 from matching.engine.calendar import earliest_run
 
 from tests.factories import NodeFactory, OrganisationFactory, make_listing, next_hour
@@ -329,3 +329,74 @@ def test_same_fabric_quote_agrees_with_the_per_hour_fill(buyer_client, seed):
             offer = quote["best_offer"]
             assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
                 iso(hour_start(start)), used, ask), (cards, duration)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_short_quote_over_a_long_window_searched_in_chunks_agrees_with_the_linear_scan(buyer_client, seed):
+    """A short demand over a long window reads the window in chunks of growing length (the first
+    FIRST_CHUNK_HOURS hours and the duration, then doubling), each listing leaving the search at
+    its first fit: the offers, their starts, the best offer, the depth, the cheapest ask and the
+    same-fabric fill are still those of the linear scan of every calendar row of the whole window."""
+    # given one supplier's fabric of 600-hour listings whose first 3-hour run of 4 free cards is:
+    # in a later chunk (sold out before); on a free run crossing the first chunk's end; after a
+    # partly sold run crossing it; at the window's very end; nowhere (6 of 8 cards sold
+    # throughout); in the first chunk; and three with random sold blocks
+    rng = random.Random(300 + seed)
+    duration, window = 3, 600
+    chunk_end = FIRST_CHUNK_HOURS + duration  # the first chunk's end, relative to the window's start
+    supplier = OrganisationFactory()
+
+    def listing(ask: str, *sales: tuple[int, int, int]):
+        made = make_listing(NodeFactory(organisation=supplier, fabric_id="ib-5"), hours=window, ask=ask)
+        lo = made.hours.order_by("hour").first().hour
+        for sold_from, sold_to, cards in sales:
+            ListingHour.objects.filter(listing=made, hour__gte=lo + sold_from, hour__lt=lo + sold_to).update(
+                cards_sold=cards)
+        return made
+
+    listings = [listing("9", (0, 200, 8)),
+                listing("8", (0, chunk_end - 2, 8), (chunk_end + 1, window, 8)),
+                listing("8.50", (0, chunk_end - 6, 8), (chunk_end - 6, chunk_end + 9, 5), (chunk_end + 12, window, 7)),
+                listing("7", (0, window - duration, 8)),
+                listing("6", (0, window, 6)),
+                listing("12", (5, 9, 8))]
+    for ask in ("10", "11", "10.50"):
+        listings.append(listing(ask))
+        _sell_blocks(rng, listings[-1], blocks=60, longest=30)
+    lo = listings[0].hours.order_by("hour").first().hour
+    for cards in (2, 4, 8):
+        # when the market is quoted for 3 hours over the whole 600-hour window
+        body = card_hours_body(cards=cards, duration_hours=duration, window_hours=window,
+                               max_price_per_card_hour="100")
+        quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+        # then every listing with a run anywhere in the window is an offer, at the scan's first start
+        starts = [earliest_run(_free_series(l, lo, lo + window), duration, cards) for l in listings]
+        offered = [(l.ask_per_card_hour, lo + s) for l, s in zip(listings, starts) if s is not None]
+        assert quote["offers"] == len(offered) == quote["feasible_offers"], cards
+        best = min(offered)
+        assert (Decimal(quote["best_price"]), quote["best_offer"]["start"]) == (best[0], iso(hour_start(best[1])))
+        levels = {Decimal(level["price"]): level["card_hours"] for d in quote["depth"] for level in d["levels"]}
+        assert levels == {ask: cards * duration for ask, _ in offered}
+        found = earliest_runs(needs={l.pk: cards for l in listings}, first=lo, last=lo + window, duration=duration)
+        assert found == {l.pk: lo + s for l, s in zip(listings, starts) if s is not None}
+        demand = CardHoursDemand(duration_hours=duration, earliest_start=next_hour(1),
+                                 latest_end=next_hour(1) + timedelta(hours=window),
+                                 max_price_per_card_hour=Decimal("100"), chips=["nvidia-h800-sxm"], cards=cards)
+        assert quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand) == best[0]
+    # and when 4 cards are quoted, the sold-out-before, crossing and very-end listings are offered late
+    four = [earliest_run(_free_series(l, lo, lo + window), duration, 4) for l in listings[:5]]
+    assert four == [200, chunk_end - 2, chunk_end + 9, window - duration, None]
+    for cards in (20, 40, 64):
+        # when the fabric is quoted for a same-fabric run of 3 hours over the whole window
+        body = card_hours_body(cards=cards, duration_hours=duration, placement="same_fabric", window_hours=window,
+                               max_price_per_card_hour="100")
+        quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
+        # then it offers what the per-hour fill finds, at the same start, nodes and ask
+        expected = _reference_fabric_start(listings, cards, duration, lo, lo + window)
+        if expected is None:
+            assert quote["offers"] == 0, cards
+        else:
+            start, used, ask = expected
+            offer = quote["best_offer"]
+            assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
+                iso(hour_start(start)), used, ask), cards

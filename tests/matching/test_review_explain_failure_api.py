@@ -6,13 +6,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from marketplace.hours import hour_start
 from marketplace.models import Allocation, ChipType, ListingHour, Node, Order, Region
+from marketplace.selectors import card_hour_market_load
 from matching import selectors, services
 from matching.models import FailureImpact, MatchReview, NodeFailure, RejectedPairing, ReviewPolicy
 from lifecycle import services as lifecycle
 
 from tests.factories import NodeFactory, admin_user, make_listing
-from tests.marketplace.helpers import assert_error, tokens_body
+from tests.marketplace.helpers import assert_error, iso, tokens_body
 
 from .helpers import assert_calendar_consistent, post_order
 
@@ -324,3 +326,30 @@ def test_long_orders_explained_alone_or_together_read_the_same_reasons(buyer_cli
     # then both give what the calendar says
     assert alone == ["matchable", "price_gap", "capacity_taken"]
     assert [together[o.pk] for o in orders] == alone
+
+
+def test_short_orders_over_long_windows_explained_alone_or_together_search_the_whole_window(buyer_client):
+    """Short orders over windows of many days share a market of the listings alone (their sold
+    hours are too many to read at once): each quote reads the sold hours it needs, chunk by chunk
+    of the window, and still finds runs only late in the window."""
+    # given a 300-hour node at 9 sold out for its first 200 hours, and one at 12 with 6 of its 8
+    # cards sold for 290 hours
+    cheap, dear = make_listing(NodeFactory(), ask="9", hours=300), make_listing(NodeFactory(), ask="12", hours=300)
+    first = cheap.hours.order_by("hour").first().hour
+    ListingHour.objects.filter(listing=cheap, hour__lt=first + 200).update(cards_sold=8)
+    ListingHour.objects.filter(listing=dear, hour__lt=first + 290).update(cards_sold=6)
+    orders = [
+        post_order(buyer_client, window_hours=300, max_price_per_card_hour="10"),  # cheap, from +200
+        post_order(buyer_client, window_hours=300, max_price_per_card_hour="8"),  # cheap at 9: price gap
+        post_order(buyer_client, window_hours=199, max_price_per_card_hour="20"),  # 4 cards: neither
+    ]
+    assert card_hour_market_load(first=first, last=first + 300, min_duration=3, sold=None).sold is None
+    # when each is explained alone, and all are read together
+    explains = [selectors.order_explain(organisation=buyer_client.organisation, order_id=o.pk) for o in orders]
+    together = selectors.order_wait_reasons(organisation=buyer_client.organisation, order_ids=[o.pk for o in orders])
+    # then both give what the calendar says, and the price gap's offer starts after the sold-out hours
+    alone = [e["reasons"][0]["code"] for e in explains]
+    assert alone == ["matchable", "price_gap", "capacity_taken"]
+    assert [together[o.pk] for o in orders] == alone
+    offer = next(a["offer"] for a in explains[1]["alternatives"] if a["kind"] == "price")
+    assert (Decimal(offer["ask_per_card_hour"]), offer["start"]) == (Decimal("9"), iso(hour_start(first + 200)))
