@@ -30,6 +30,21 @@ from matching.engine.types import DemandBook, SupplyBook
 
 
 @njit(cache=True)
+def _listing_fits(o, l, cards, dur, o_bid, o_ic, o_rule, allowed, l_region, l_ic, l_ask, l_min_cards,
+                  l_min_hours):
+    """Whether listing ``l`` may serve order ``o`` with ``cards`` cards for ``dur`` hours, whatever
+    the calendar: 1 yes, 0 no, -1 its ask is above the bid (listings come cheapest first within a
+    chip, so no later one can either)."""
+    if l_ask[l] > o_bid[o]:
+        return -1
+    if not allowed[o_rule[o], l_region[l]] or (o_ic[o] >> l_ic[l]) & 1 == 0:
+        return 0
+    if cards < l_min_cards[l] or dur < l_min_hours[l]:
+        return 0
+    return 1
+
+
+@njit(cache=True)
 def _columns(count_only, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, opt_cards, allowed, l_chip, l_region,
              l_ic, l_ask, l_min_cards, l_min_hours, free, chip_ptr, chip_list, lam, out_o, out_l, out_s, out_c, out_p):
     """Enumerate columns (or, with ``lam`` given, only each order's best by reduced profit).
@@ -45,11 +60,11 @@ def _columns(count_only, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chi
             cards = opt_cards[k]
             for idx in range(chip_ptr[chip], chip_ptr[chip + 1]):
                 l = chip_list[idx]
-                if l_ask[l] > o_bid[o]:
+                fit = _listing_fits(o, l, cards, dur, o_bid, o_ic, o_rule, allowed, l_region, l_ic, l_ask,
+                                    l_min_cards, l_min_hours)
+                if fit < 0:
                     break
-                if not allowed[o_rule[o], l_region[l]] or (o_ic[o] >> l_ic[l]) & 1 == 0:
-                    continue
-                if cards < l_min_cards[l] or dur < l_min_hours[l]:
+                if fit == 0:
                     continue
                 profit = (o_bid[o] - l_ask[l]) * cards * dur
                 for s in range(o_e[o], o_lt[o] - dur + 1):
@@ -302,11 +317,11 @@ def _walk(o, o_bid, o_dur, o_e, o_lt, o_ic, o_rule, opt_ptr, opt_chip, opt_cards
         cards = opt_cards[k]
         for idx in range(chip_ptr[chip], chip_ptr[chip + 1]):
             l = chip_list[idx]
-            if l_ask[l] > o_bid[o]:
+            fit = _listing_fits(o, l, cards, dur, o_bid, o_ic, o_rule, allowed, l_region, l_ic, l_ask, l_min_cards,
+                                l_min_hours)
+            if fit < 0:
                 break
-            if not allowed[o_rule[o], l_region[l]] or (o_ic[o] >> l_ic[l]) & 1 == 0:
-                continue
-            if cards < l_min_cards[l] or dur < l_min_hours[l]:
+            if fit == 0:
                 continue
             profit = (o_bid[o] - l_ask[l]) * cards * dur * 1e-6
             short = 0  # hours of the window [s, s + dur) with fewer than ``cards`` free, slid along

@@ -224,20 +224,7 @@ def test_long_same_fabric_quote_read_around_points_agrees_with_the_per_hour_fill
                                max_price_per_card_hour="100")
         quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
         # then it offers what the per-hour fill finds, at the same start, nodes and ask
-        expected = _reference_fabric_start(members, cards, duration, lo, lo + 148)
-        demand = CardHoursDemand(duration_hours=duration, earliest_start=next_hour(1),
-                                 latest_end=next_hour(1) + timedelta(hours=148),
-                                 max_price_per_card_hour=Decimal("100"), chips=["nvidia-h800-sxm"], cards=cards,
-                                 placement="same_fabric")
-        cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
-        assert cheapest == (None if quote["best_price"] is None else Decimal(quote["best_price"]))
-        if expected is None:
-            assert quote["offers"] == 0, (cards, duration)
-        else:
-            start, used, ask = expected
-            offer = quote["best_offer"]
-            assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
-                iso(hour_start(start)), used, ask), (cards, duration)
+        demand = _assert_fabric_quote_is_the_fill(buyer_client, quote, members, cards, duration, lo, 148)
         # and single-node quotes start where each node's first long free run does
         single = quote_card_hours(organisation=buyer_client.organisation,
                                   demand=dataclasses.replace(demand, cards=min(cards, 8), placement="single_node"))
@@ -289,6 +276,26 @@ def _reference_fabric_start(members, need: int, duration: int, lo: int, hi: int)
                 return lo + start, used, ask
     return None
 
+def _assert_fabric_quote_is_the_fill(buyer_client, quote: dict, members, cards: int, duration: int, lo: int,
+                                     window: int) -> CardHoursDemand:
+    """The same-fabric ``quote`` over ``window`` hours from ``lo`` offers what the per-hour fill
+    finds (start, nodes, ask), and the cheapest-first search its best price. Returns the demand."""
+    expected = _reference_fabric_start(members, cards, duration, lo, lo + window)
+    demand = CardHoursDemand(duration_hours=duration, earliest_start=next_hour(1),
+                             latest_end=next_hour(1) + timedelta(hours=window), max_price_per_card_hour=Decimal("100"),
+                             chips=["nvidia-h800-sxm"], cards=cards, placement="same_fabric")
+    cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
+    assert cheapest == (None if quote["best_price"] is None else Decimal(quote["best_price"]))
+    if expected is None:
+        assert quote["offers"] == 0, (cards, duration)
+    else:
+        start, used, ask = expected
+        offer = quote["best_offer"]
+        assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
+            iso(hour_start(start)), used, ask), (cards, duration)
+    return demand
+
+
 
 @pytest.mark.parametrize("seed", range(6))
 def test_same_fabric_quote_agrees_with_the_per_hour_fill(buyer_client, seed):
@@ -314,21 +321,9 @@ def test_same_fabric_quote_agrees_with_the_per_hour_fill(buyer_client, seed):
         body = card_hours_body(cards=cards, duration_hours=duration, placement="same_fabric", window_hours=42,
                                max_price_per_card_hour="100")
         quote = buyer_client.post("/api/v1/quotes", body, format="json").json()
-        # then it offers what the per-hour fill finds, at the same start, nodes and ask
-        expected = _reference_fabric_start(members, cards, duration, lo, lo + 42)
-        # and the cheapest-first search finds the same price
-        demand = CardHoursDemand(duration_hours=duration, earliest_start=next_hour(1),
-                                 latest_end=next_hour(1) + timedelta(hours=42), max_price_per_card_hour=Decimal("100"),
-                                 chips=["nvidia-h800-sxm"], cards=cards, placement="same_fabric")
-        cheapest = quote_card_hours_cheapest(organisation=buyer_client.organisation, demand=demand)
-        assert cheapest == (None if quote["best_price"] is None else Decimal(quote["best_price"]))
-        if expected is None:
-            assert quote["offers"] == 0, (cards, duration)
-        else:
-            start, used, ask = expected
-            offer = quote["best_offer"]
-            assert (offer["start"], offer["nodes"], Decimal(offer["ask_per_card_hour"])) == (
-                iso(hour_start(start)), used, ask), (cards, duration)
+        # then it offers what the per-hour fill finds, at the same start, nodes and ask, and the
+        # cheapest-first search finds the same price
+        _assert_fabric_quote_is_the_fill(buyer_client, quote, members, cards, duration, lo, 42)
 
 
 @pytest.mark.parametrize("seed", range(2))
