@@ -1,6 +1,5 @@
 """Disputes over HTTP: the buyer disputes a charge; both parties see it; an admin with
 ``billing.resolve_dispute`` refunds or rejects it. Thin views over ``billing.disputes``."""
-from decimal import Decimal
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
@@ -12,7 +11,8 @@ from marketplace.actors import actor_for_request, admin_actor_for_request
 from marketplace.permissions import IsPlatformAdmin
 
 from . import disputes
-from .models import Dispute
+from .models import AMOUNT, Dispute
+from .rating import SCALE
 
 
 class DisputeOutput(serializers.ModelSerializer):
@@ -39,8 +39,8 @@ class ChargeDisputeApi(APIView):
         reason = serializers.CharField(max_length=2000)
         reference = serializers.CharField(max_length=150, required=False, help_text=(
             "yours, unique among your disputes; the same one again answers the first dispute"))
-        amount = serializers.DecimalField(max_digits=30, decimal_places=12, min_value=Decimal("0.000000000001"),
-                                          required=False, help_text="default: all that is left of the charge")
+        amount = serializers.DecimalField(**AMOUNT, min_value=SCALE, required=False,
+                                          help_text="default: all that is left of the charge")
 
     @extend_schema(request=DisputeInput, responses={
         201: DisputeOutput, 200: OpenApiResponse(DisputeOutput, description="a replay: the first dispute"),
@@ -104,8 +104,7 @@ class AdminDisputeResolveApi(APIView):
     class ResolveInput(serializers.Serializer):
         outcome = serializers.ChoiceField(choices=["refund", "reject"])
         reason = serializers.CharField(max_length=2000)
-        amount = serializers.DecimalField(max_digits=30, decimal_places=12, min_value=Decimal("0.000000000001"),
-                                          required=False)
+        amount = serializers.DecimalField(**AMOUNT, min_value=SCALE, required=False)
 
     @extend_schema(request=ResolveInput, responses={
         200: DisputeOutput, 202: OpenApiResponse(DisputeOutput, description=(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+from billing.models import AMOUNT
 from marketplace.models import Allocation, ApiKey, Listing, Organisation
 
 
@@ -70,8 +71,8 @@ class UsageDiscrepancy(models.Model):
     supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
     metered_tokens = models.BigIntegerField()
     claimed_tokens = models.BigIntegerField()
-    metered_amount = models.DecimalField(max_digits=30, decimal_places=12)
-    claimed_amount = models.DecimalField(max_digits=30, decimal_places=12)
+    metered_amount = models.DecimalField(**AMOUNT)
+    claimed_amount = models.DecimalField(**AMOUNT)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
     flagged_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
