@@ -3,9 +3,15 @@
 Uses its own database, ``sanduisan_bench`` or the one named by ``BENCH_E2E_DATABASE`` (created and
 migrated if missing, emptied each run), on the PostgreSQL of ``BENCH_DATABASE_URL`` (default
 postgres://postgres@127.0.0.1:5432/).
+
+    .venv/bin/python -m bench.e2e [--orders 20000 --nodes 4000]   # run twice: the first compiles
+
+The last line is one JSON object of its figures.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -184,3 +190,11 @@ def _cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="One end-to-end matching round on PostgreSQL.")
+    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--nodes", type=int, default=4_000)
+    args = parser.parse_args()
+    print(json.dumps(run_e2e(n_orders=args.orders, n_nodes=args.nodes)))
