@@ -26,7 +26,8 @@ from marketplace.models import ListingHour, Organisation
 
 from .models import Account, Charge, Dispute, Invoice, InvoiceLine, Transfer
 from .rating import exact, to_fen
-from .services import account_get_or_create, accounts_lock, transfer_post
+from .services import (account_get_or_create, accounts_lock, charge_accounts_lock, supplier_give_back_legs,
+                       transfer_post)
 from .settlement import sweep_item
 
 KIND_LABEL = {Charge.Kind.CARD_HOURS: "card-hours", Charge.Kind.INPUT_HIT: "input tokens (cache hit)",
@@ -247,18 +248,11 @@ def charge_refund(*, charge_id: int, amount: Decimal, reason: str, reference: st
             raise ValidationFailed.on("amount", f"At most {charge.amount - refunded} is left to refund.")
         fee = exact(amount * charge.commission / charge.amount)
         _key_share_orders([charge.order_id], allocation_ids=[charge.allocation_id])
-        wallet = account_get_or_create(organisation_id=charge.buyer_id, kind=Account.Kind.BUYER_WALLET)
-        payable = account_get_or_create(organisation_id=charge.supplier_id, kind=Account.Kind.SUPPLIER_PAYABLE)
-        receivable = account_get_or_create(organisation_id=charge.supplier_id,
-                                           kind=Account.Kind.SUPPLIER_RECEIVABLE)
-        platform = account_get_or_create(organisation_id=None, kind=Account.Kind.PLATFORM_COMMISSION)
-        locked = accounts_lock(account_ids=[wallet.pk, payable.pk, receivable.pk, platform.pk])
-        share = amount - fee
-        from_payable = min(share, max(Decimal(0), locked[payable.pk].balance))
-        legs = [(payable.pk, -from_payable), (receivable.pk, -(share - from_payable)), (platform.pk, -fee),
-                (wallet.pk, amount)]
+        accounts = charge_accounts_lock(buyer_id=charge.buyer_id, supplier_id=charge.supplier_id)
+        legs = [*supplier_give_back_legs(accounts=accounts, share=amount - fee),
+                (accounts["commission"].pk, -fee), (accounts["wallet"].pk, amount)]
         transfer, _ = transfer_post(idempotency_id=f"refund:{reference}", kind="refund", memo=reason[:300],
-                                    legs=[leg for leg in legs if leg[1]])
+                                    legs=legs)
         now = timezone.now()
         return Charge.objects.create(
             buyer_id=charge.buyer_id, supplier_id=charge.supplier_id, order_id=charge.order_id,

@@ -270,8 +270,7 @@ def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> No
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO billing_transfer (idempotency_id, kind, currency, memo, created_at)"
-            " SELECT %s || t.b, 'hold', 'CNY', %s, %s FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(b, n)"
-            " ORDER BY t.n RETURNING id, idempotency_id",
+            " SELECT %s || t.b, 'hold', 'CNY', %s, %s FROM unnest(%s::bigint[]) AS t(b) RETURNING id, idempotency_id",
             [f"hold:{batch_reference}:", f"holds of {batch_reference}"[:300], now, int_array(buyers)])
         transfer_of = {key: pk for pk, key in cursor.fetchall()}
         entry_transfer, entry_account, entry_amount = [], [], []
@@ -308,6 +307,14 @@ def charge_accounts_lock(*, buyer_id: int, supplier_id: int) -> dict[str, Accoun
     names = charge_accounts(buyer_id=buyer_id, supplier_id=supplier_id)
     accounts = accounts_for(wanted=list(names.values()), lock=True)
     return {name: accounts[key] for name, key in names.items()}
+
+
+def supplier_give_back_legs(*, accounts: dict[str, Account], share: Decimal) -> list[tuple[int, Decimal]]:
+    """The supplier's legs for giving ``share`` back (a refund, a charge reversed): from its
+    payable while that holds it, the rest into its receivable, repaid from its next earnings.
+    ``accounts`` as ``charge_accounts_lock`` returns them, locked."""
+    from_payable = min(share, max(Decimal(0), accounts["payable"].balance))
+    return [(accounts["payable"].pk, -from_payable), (accounts["receivable"].pk, -(share - from_payable))]
 
 
 def hold_capture_locked(*, hold: Hold | None, accounts: dict[str, Account], amount: Decimal, fee: Decimal,

@@ -28,8 +28,8 @@ from marketplace.models import Allocation, Order
 
 from .models import AllocationMeter, Charge, Hold, UsageEvent
 from .rating import TokenPrices, commission, rate_card_minutes, rate_tokens
-from .services import (charge_accounts_lock, hold_capture_locked, hold_release_locked,
-                       hold_void, transfer_post)
+from .services import (charge_accounts_lock, hold_capture_locked, hold_release_locked, hold_void,
+                       supplier_give_back_legs, transfer_post)
 
 logger = logging.getLogger(__name__)
 ENDED = (Allocation.Status.COMPLETED, Allocation.Status.INTERRUPTED, Allocation.Status.RELEASED)
@@ -172,9 +172,7 @@ def _reverse_card_minutes(allocation: Allocation, meter: AllocationMeter, hold: 
                               minutes=minutes)
     amount = meter.billed_amount - total
     fee = commission(amount=amount, rate=commission_rate())
-    from_supplier = min(amount - fee, accounts["payable"].balance)
-    legs = [(accounts["payable"].pk, -from_supplier), (accounts["commission"].pk, -fee),
-            (accounts["receivable"].pk, -(amount - fee - from_supplier))]
+    legs = [*supplier_give_back_legs(accounts=accounts, share=amount - fee), (accounts["commission"].pk, -fee)]
     to_hold = hold is not None and hold.status == Hold.Status.PENDING and hold.posted_amount >= amount
     legs.append((accounts["held" if to_hold else "wallet"].pk, amount))
     transfer, _ = transfer_post(idempotency_id=f"settle:allocation:{allocation.pk}:reverse-to:{minutes}",

@@ -354,6 +354,12 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def quote_window(*, earliest_start, latest_end) -> tuple[int, int]:
+    """The hours ``[first, last)`` a quote of this window searches: from its earliest start, but
+    not before the next hour, to its latest end."""
+    return max(hour_index(earliest_start), current_hour_index(timezone.now()) + 1), hour_index(latest_end)
+
+
 def quote_card_hours(*, organisation: Organisation, demand: CardHoursDemand,
                      market: CardHourMarket | None = None) -> dict:
     """What the market offers for this demand right now, without creating anything.
@@ -429,8 +435,7 @@ def _search(organisation: Organisation, demand: CardHoursDemand, market: CardHou
                        lon=demand.region.lon, radius_km=demand.region.radius_km)
     allowed_regions = frozenset(pk for pk, region in by_id.items() if region_allows(rule, region_info(region, by_id)))
     cards_for_chip = {o.chip.pk: o.cards for o in resolved.options}
-    first = max(hour_index(demand.earliest_start), current_hour_index(timezone.now()) + 1)
-    last = hour_index(demand.latest_end)
+    first, last = quote_window(earliest_start=demand.earliest_start, latest_end=demand.latest_end)
     if market is None or not market.covers(first, last, demand.duration_hours):
         # the listings only: the sold runs are read chunk by chunk of the window (_first_fits)
         market = card_hour_market_load(first=first, last=last, chip_ids=cards_for_chip, region_ids=allowed_regions,

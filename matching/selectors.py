@@ -5,7 +5,6 @@ import dataclasses
 from decimal import Decimal
 
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from billing.selectors import wallet_balances
 from billing.services import allocation_max_cost
@@ -13,9 +12,8 @@ from config.api.jsonable import jsonable
 from config.errors import ApplicationError
 from marketplace.demand import RegionPolicySpec, demand_from_order
 from marketplace.models import Allocation, ChipType, Listing, Node, Order, Organisation
-from marketplace.hours import current_hour_index, hour_index
 from marketplace.selectors import (CardHourMarket, card_hour_market_load, order_get, order_list, quote_card_hours,
-                                   quote_card_hours_cheapest)
+                                   quote_card_hours_cheapest, quote_window)
 
 from .models import MatchReview, MatchRound
 
@@ -61,7 +59,8 @@ def order_wait_reasons(*, organisation: Organisation, order_ids: list[int]) -> d
         order__in=orders, status=Allocation.Status.PENDING_REVIEW).select_related("review").order_by("-pk")}
     available = wallet_balances(organisation_id=organisation.pk)["available"]
     waiting = [o for o in orders if o.status == Order.Status.OPEN and o.kind == Order.Kind.CARD_HOURS]
-    windows = [(*_order_window(o), o.duration_hours or 1) for o in waiting]
+    windows = [(*quote_window(earliest_start=o.earliest_start, latest_end=o.latest_end), o.duration_hours or 1)
+               for o in waiting]
     windows = [(first, last, hours) for first, last, hours in windows if first < last]
     # one read for every order: only as coarse as the shortest order allows (of the listings alone
     # when the sold hours of the orders' windows are too many to read at once: each quote then
@@ -74,13 +73,6 @@ def order_wait_reasons(*, organisation: Organisation, order_ids: list[int]) -> d
                            with_alternatives=False)["reasons"]
         out[order.pk] = reasons[0]["code"] if reasons else "unknown"
     return out
-
-
-def _order_window(order: Order) -> tuple[int, int]:
-    """The hours a quote for the order searches: from its earliest start (not before the next
-    hour) to its latest end."""
-    return (max(hour_index(order.earliest_start), current_hour_index(timezone.now()) + 1),
-            hour_index(order.latest_end))
 
 
 def _explain(order: Order, organisation: Organisation, *, pending: Allocation | None, available: Decimal,
@@ -107,8 +99,8 @@ def _explain(order: Order, organisation: Organisation, *, pending: Allocation | 
 
     try:
         demand = demand_from_order(order)
-        if market is None or not market.covers(*_order_window(order), demand.duration_hours):
-            first, last = _order_window(order)
+        first, last = quote_window(earliest_start=order.earliest_start, latest_end=order.latest_end)
+        if market is None or not market.covers(first, last, demand.duration_hours):
             # every quote below reads this one snapshot of the supply (all chips and regions), all
             # of them for the order's duration (its sold hours too unless the window holds too many
             # to read at once: each quote then reads those it needs)
@@ -172,8 +164,8 @@ def _funds_short(order: Order, available: Decimal) -> dict | None:
 
 def _any_in_regions(order, organisation, demand, market: CardHourMarket | None) -> bool:
     relaxed = dataclasses.replace(demand, max_price_per_card_hour=NO_PRICE_LIMIT, interconnects=[])
-    return quote_card_hours_cheapest(organisation=organisation, demand=relaxed, market=market) is not None or \
-        order.region_policy == "anywhere"
+    return order.region_policy == "anywhere" or \
+        quote_card_hours_cheapest(organisation=organisation, demand=relaxed, market=market) is not None
 
 
 def _alternatives(order: Order, organisation: Organisation, demand, bid: Decimal,
