@@ -77,7 +77,9 @@ class Hold(models.Model):
         VOIDED = "voided"
 
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds")
-    reference = models.CharField(max_length=200, unique=True, help_text="e.g. allocation:123")
+    # unique by a constraint (below), not unique=True: it is looked up by equality only, and
+    # unique=True adds a pattern-matching twin index every hold insert would also write
+    reference = models.CharField(max_length=200, help_text="e.g. allocation:123")
     # The allocation whose maximum cost this hold reserves (none for a hold placed by hand).
     allocation = models.OneToOneField("marketplace.Allocation", null=True, blank=True, on_delete=models.PROTECT,
                                       related_name="hold")
@@ -94,6 +96,7 @@ class Hold(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0) & Q(posted_amount__gte=0)
                                    & Q(posted_amount__lte=models.F("amount")), name="hold_amounts_valid"),
+            models.UniqueConstraint(fields=["reference"], name="hold_reference_unique"),
         ]
 
 

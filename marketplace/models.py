@@ -239,6 +239,8 @@ class Listing(models.Model):
                 condition=Q(token_model__isnull=True) | (
                     Q(price_input_hit_per_m__gt=0) & Q(price_input_miss_per_m__gt=0) & Q(price_output_per_m__gt=0)),
                 name="listing_token_prices_when_endpoint"),
+            # what allocation parts' (listing, node) foreign key refers to
+            models.UniqueConstraint(fields=["id", "node"], name="listing_id_node_unique"),
         ]
 
     def __str__(self) -> str:
@@ -261,10 +263,14 @@ class ListingHour(models.Model):
     And by the services (quotes rely on it): an *active* listing has a row for every hour of its
     ``[start, end)`` and, where nothing is sold, ``cards_offered`` is the listing's ``cards``;
     only withdrawing removes or shrinks rows, and it makes the listing inactive at the same time.
+
+    On PostgreSQL, ``marketplace_listinghoursold`` (listing_id, hour, free) holds every row with
+    ``cards_sold > 0``, kept exact by statement-level triggers (migration 0011): what quotes read.
     """
 
-    listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="hours")
-    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+")
+    # db_index=False: the (listing, hour) index and the unique (node, hour) lead with these
+    listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="hours", db_index=False)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+", db_index=False)
     hour = models.IntegerField(help_text="hours since 1970-01-01T00:00Z")
     node_cards = models.PositiveSmallIntegerField()
     cards_offered = models.PositiveSmallIntegerField()
@@ -278,16 +284,9 @@ class ListingHour(models.Model):
                                    name="listinghour_never_oversold"),
             models.CheckConstraint(condition=Q(cards_offered__lte=F("node_cards")), name="listinghour_within_node"),
         ]
-        indexes = [
-            models.Index(fields=["listing", "hour"], name="listinghour_listing_hour"),
-            # Sold hours are few beside listed ones: quotes read the free calendar as the listing's
-            # [start, end) minus these rows, never scanning every listed hour.
-            models.Index(fields=["listing", "hour"], name="listinghour_sold", condition=Q(cards_sold__gt=0)),
-            # Fully sold hours, fewer still: long quotes find the nearest one around a point in one
-            # descent (selectors._FULL_AROUND) instead of filtering the partly sold hours between.
-            models.Index(fields=["listing", "hour"], name="listinghour_full",
-                         condition=Q(cards_sold__gt=0) & Q(cards_sold__gte=F("cards_offered"))),
-        ]
+        # No index reads ``cards_sold``, so a sale is a HOT update that touches no index. The sold
+        # hours quotes need are in ``marketplace_listinghoursold``, kept by triggers (migration 0011).
+        indexes = [models.Index(fields=["listing", "hour"], name="listinghour_listing_hour")]
 
 
 class RegionPolicy(models.TextChoices):
@@ -446,12 +445,14 @@ class Allocation(models.Model):
     price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
     # Hours actually delivered when an allocation was interrupted (end of service).
     delivered_end_hour = models.IntegerField(null=True, blank=True)
-    round_id = models.CharField(max_length=100, blank=True, db_index=True)
+    round_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-id"]
+        # by equality only: a plain index, without the pattern-matching twin db_index=True adds
+        indexes = [models.Index(fields=["round_id"], name="allocation_round")]
         constraints = [
             models.CheckConstraint(condition=Q(end_hour__gt=F("start_hour")), name="allocation_hours_positive"),
             models.CheckConstraint(condition=Q(price_per_card_hour__gt=0), name="allocation_price_positive"),
@@ -466,9 +467,18 @@ class Allocation(models.Model):
 
 
 class AllocationPart(models.Model):
-    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="parts")
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="allocation_parts")
-    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocation_parts")
+    """Cards of one node for an allocation, sold from one of its listings.
+
+    On PostgreSQL one foreign key, ``(listing_id, node_id)`` to the listing's ``(id, node_id)``
+    (migration 0012), stands for the two single ones: the listing exists, and the part's node is
+    that listing's node (which two keys could not say), checked once per row instead of twice.
+    """
+
+    # indexed by the unique (allocation, node) below, which leads with it
+    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="parts", db_index=False)
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="allocation_parts",
+                                db_constraint=False)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocation_parts", db_constraint=False)
     cards = models.PositiveSmallIntegerField()
 
     class Meta:

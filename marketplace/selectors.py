@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
+import numpy as np
 from django.db import connection, transaction
 from django.db.models import IntegerField, Q, QuerySet, Sum
 from django.db.models.expressions import RawSQL
@@ -36,6 +37,17 @@ def related_parties(*, organisation_ids) -> frozenset[tuple[int, int]]:
 def trade_barred(*, buyer_id: int, supplier_id: int, related: frozenset[tuple[int, int]]) -> bool:
     """An organisation never trades with itself, nor with one an admin marked as related."""
     return buyer_id == supplier_id or (buyer_id, supplier_id) in related
+
+
+def trades_barred(*, buyer_ids: np.ndarray, supplier_ids: np.ndarray,
+                  related: frozenset[tuple[int, int]]) -> np.ndarray:
+    """``trade_barred`` for many pairs at once (a round checks tens of thousands)."""
+    barred = buyer_ids == supplier_ids
+    if related and buyer_ids.size:
+        pairs = np.array(sorted(related), dtype=np.int64)
+        width = int(max(pairs.max(), buyer_ids.max(), supplier_ids.max())) + 1
+        barred |= np.isin(buyer_ids * width + supplier_ids, pairs[:, 0] * width + pairs[:, 1])
+    return barred
 
 
 def api_key_list(*, organisation: Organisation) -> QuerySet[ApiKey]:
@@ -159,12 +171,13 @@ class CardHourMarket:
         return self.first <= first and last <= self.last and (self.sold is None or duration >= self.min_duration)
 
 
+# The sold hours are ``marketplace_listinghoursold``: every listing-hour with a card sold, with
+# its free cards, kept by triggers on the calendar (migration 0011); ``free = 0`` is fully sold.
 _SOLD_RUNS = """
 SELECT listing_id, free, min(hour), max(hour) + 1 FROM (
-    SELECT listing_id, hour, cards_offered - cards_sold AS free,
-           hour - row_number() OVER (PARTITION BY listing_id, cards_offered - cards_sold ORDER BY hour) AS run
-    FROM marketplace_listinghour
-    WHERE cards_sold > 0 AND listing_id = ANY(%s) AND hour >= %s AND hour < %s
+    SELECT listing_id, hour, free, hour - row_number() OVER (PARTITION BY listing_id, free ORDER BY hour) AS run
+    FROM marketplace_listinghoursold
+    WHERE listing_id = ANY(%s) AND hour >= %s AND hour < %s
 ) sold GROUP BY listing_id, free, run
 """
 
@@ -177,26 +190,24 @@ LATTICE_MIN_HOURS = 24
 LATTICE_MAX_POINTS = 8
 
 # The nearest fully sold hour at or before / at or after each point, within `duration` hours of
-# it (the partial index of sold hours, newest or oldest first; a few rows read per point).
+# it (the partial index of fully sold hours, newest or oldest first; a few rows read per point).
 _FULL_AROUND = """
 SELECT p.listing_id, p.at,
-       (SELECT h.hour FROM marketplace_listinghour h
-        WHERE h.listing_id = p.listing_id AND h.cards_sold > 0 AND h.cards_sold >= h.cards_offered
+       (SELECT h.hour FROM marketplace_listinghoursold h
+        WHERE h.listing_id = p.listing_id AND h.free = 0
           AND h.hour <= p.at AND h.hour > p.at - %(duration)s ORDER BY h.hour DESC LIMIT 1),
-       (SELECT h.hour FROM marketplace_listinghour h
-        WHERE h.listing_id = p.listing_id AND h.cards_sold > 0 AND h.cards_sold >= h.cards_offered
+       (SELECT h.hour FROM marketplace_listinghoursold h
+        WHERE h.listing_id = p.listing_id AND h.free = 0
           AND h.hour >= p.at AND h.hour < p.at + %(duration)s ORDER BY h.hour LIMIT 1)
 FROM unnest(%(listings)s::bigint[], %(points)s::int[]) AS p(listing_id, at)
 """
 
 _SOLD_RUNS_IN = """
 SELECT listing_id, free, min(hour), max(hour) + 1 FROM (
-    SELECT h.listing_id, h.hour, h.cards_offered - h.cards_sold AS free,
-           h.hour - row_number() OVER (PARTITION BY h.listing_id, h.cards_offered - h.cards_sold
-                                       ORDER BY h.hour) AS run
+    SELECT h.listing_id, h.hour, h.free,
+           h.hour - row_number() OVER (PARTITION BY h.listing_id, h.free ORDER BY h.hour) AS run
     FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS r(listing_id, lo, hi)
-    JOIN marketplace_listinghour h ON h.listing_id = r.listing_id AND h.cards_sold > 0
-                                  AND h.hour >= r.lo AND h.hour < r.hi
+    JOIN marketplace_listinghoursold h ON h.listing_id = r.listing_id AND h.hour >= r.lo AND h.hour < r.hi
 ) sold GROUP BY listing_id, free, run
 """
 
@@ -215,7 +226,7 @@ def card_hour_market_load(*, first: int, last: int, chip_ids=None, region_ids=No
     """The supply quotes read over hours ``[first, last)``, narrowed in SQL by whichever filters
     are given (None: no filter), for demands of at least ``min_duration`` hours. Two or three
     queries whatever the window (and the catalogue's two unless given): the listings, and the
-    sold runs through the partial index of sold hours (``listinghour_sold``), every one in the
+    sold runs from the table of sold hours (``marketplace_listinghoursold``), every one in the
     window or, for long demands (``LATTICE_MIN_HOURS``), only those around long free runs
     (``_sold_runs_around``); no unsold calendar row is read. ``sold=False``: the listings only
     (``CardHourMarket.sold`` is None); ``sold=None``: the sold runs only when that read is bounded

@@ -24,7 +24,7 @@ from marketplace.demand import order_region_rule, region_info
 from marketplace.hours import current_hour_index, hour_index
 from marketplace.models import (Allocation, AllocationPart, Listing, Node, Order, Organisation,
                                 Region)
-from marketplace.selectors import related_parties, trade_barred
+from marketplace.selectors import related_parties, trade_barred, trades_barred
 from marketplace.services import nodes_lock_shared
 
 from billing.rating import max_cost_card_hours
@@ -169,9 +169,7 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
         node = np.array([row[1] if row else -1 for row in locked_listings], dtype=np.int64)[listing_of_part]
         match_orders = result.order_id.tolist()
         buyer = np.array([orders.get(pk, (-1,))[0] for pk in match_orders], dtype=np.int64)
-        barred = np.fromiter((trade_barred(buyer_id=b, supplier_id=s, related=related) for b, s in
-                              zip(buyer[cells.match_of_part].tolist(), supplier.tolist())),
-                             dtype=np.bool_, count=supplier.size)
+        barred = trades_barred(buyer_ids=buyer[cells.match_of_part], supplier_ids=supplier, related=related)
         starts = result.part_ptr[:-1]  # every match has at least one part
         usable = (buyer >= 0) & np.logical_and.reduceat(sellable[listing_of_part], starts) & cells.all_found()
         trading = usable & ~np.logical_or.reduceat(barred, starts)

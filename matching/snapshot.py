@@ -20,7 +20,7 @@ from marketplace.demand import region_info, region_rule
 from marketplace.hours import current_hour_index
 from marketplace.models import Allocation, ChipType, Listing, Node, Order, Region
 from marketplace.selectors import related_parties
-from matching.engine.geo import RegionRule, region_allows
+from matching.engine.geo import RegionRule, rules_allow
 from matching.engine.types import (INTERCONNECTS, MICRO, SAME_FABRIC, SINGLE_NODE, DemandBook, SupplyBook,
                                    interconnect_mask, to_micro)
 
@@ -195,10 +195,9 @@ def demand_book_of(orders: OrderColumns, *, h0: int, horizon: int, regions: list
                                lon=lon, radius_km=radius)
             rule_of[key] = rules.setdefault(rule, len(rules))
     allowed = np.zeros((max(1, len(rules)), n_regions), dtype=np.bool_)
-    columns = [(pk, info) for pk, info in infos.items() if region_ids is None or pk in region_ids]
-    for rule, i in rules.items():
-        for pk, info in columns:
-            allowed[i, pk] = region_allows(rule, info)
+    columns = [pk for pk in infos if region_ids is None or pk in region_ids]
+    if rules and columns:
+        allowed[:len(rules), columns] = rules_allow(list(rules), [infos[pk] for pk in columns])
     return DemandBook(
         order_id=orders.id.astype(np.int64), arrival=orders.id.astype(np.int64),
         bid=orders.bid_micro.astype(np.int64), duration=orders.duration_hours.astype(np.int32),

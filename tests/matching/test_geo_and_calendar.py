@@ -1,8 +1,10 @@
 """Region policies and slot calendars, pure: no database."""
+import random
+
 import pytest
 
 from matching.engine.calendar import earliest_run
-from matching.engine.geo import RegionInfo, RegionRule, great_circle_km, region_allows
+from matching.engine.geo import RegionInfo, RegionRule, great_circle_km, region_allows, rules_allow
 
 SHENZHEN = RegionInfo("CN-GD-SZ", 22.54, 114.06, frozenset({"CN-GD-SZ", "CN-GD", "CN"}), "CN-GD")
 GUANGDONG = RegionInfo("CN-GD", 23.13, 113.26, frozenset({"CN-GD", "CN"}), "CN-GD")
@@ -45,6 +47,34 @@ def test_within_km_of_a_point():
     assert region_allows(RegionRule("within_km", center=guangzhou, radius_km=150), SHENZHEN)  # ~105 km
     assert not region_allows(RegionRule("within_km", center=guangzhou, radius_km=50), SHENZHEN)
     assert region_allows(RegionRule("anywhere"), SINGAPORE)
+
+
+def test_rules_allow_answers_every_pair_as_region_allows():
+    # given many random rules of every policy, including radii that fall exactly on a region's distance
+    rng = random.Random(7)
+    regions = [SHENZHEN, GUANGDONG, GUIAN, SINGAPORE]
+    codes = sorted({code for r in regions for code in r.ancestors}) + ["US"]
+    rules = [RegionRule("anywhere"), RegionRule("own_province", own_province=None),
+             RegionRule("within_km", center=None, radius_km=10),
+             RegionRule("within_km", center=(23.13, 113.26), radius_km=great_circle_km((23.13, 113.26), (22.54, 114.06)))]
+    for _ in range(300):
+        policy = rng.choice(["regions", "own_province", "within_km"])
+        if policy == "regions":
+            rules.append(RegionRule(policy, allowed=frozenset(rng.sample(codes, rng.randint(0, 3)))))
+        elif policy == "own_province":
+            rules.append(RegionRule(policy, own_province=rng.choice(codes)))
+        else:
+            rules.append(RegionRule(policy, center=(rng.uniform(-10, 50), rng.uniform(90, 130)),
+                                    radius_km=rng.choice([rng.uniform(0, 3000), rng.randint(0, 3000)])))
+
+    # when they are evaluated at once
+    allowed = rules_allow(rules, regions)
+
+    # then every pair is what the one-by-one evaluation says, and every policy said yes somewhere
+    assert allowed.tolist() == [[region_allows(rule, region) for region in regions] for rule in rules]
+    assert allowed[3, 0]  # exactly on the radius is inside
+    assert {rules[i].policy for i in range(len(rules)) if allowed[i].any()} == {
+        "anywhere", "regions", "own_province", "within_km"}
 
 
 @pytest.mark.parametrize("free,duration,cards,expected", [
