@@ -445,14 +445,13 @@ class Allocation(models.Model):
     price_output_per_m = models.DecimalField(null=True, blank=True, **PRICE)
     # Hours actually delivered when an allocation was interrupted (end of service).
     delivered_end_hour = models.IntegerField(null=True, blank=True)
+    # Not indexed: nothing looks allocations up by round (the round's own row has its figures).
     round_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-id"]
-        # by equality only: a plain index, without the pattern-matching twin db_index=True adds
-        indexes = [models.Index(fields=["round_id"], name="allocation_round")]
         constraints = [
             models.CheckConstraint(condition=Q(end_hour__gt=F("start_hour")), name="allocation_hours_positive"),
             models.CheckConstraint(condition=Q(price_per_card_hour__gt=0), name="allocation_price_positive"),

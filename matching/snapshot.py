@@ -239,9 +239,11 @@ def order_columns(orders, *, chip_ids: set[int] | None = None) -> OrderColumns:
             f" WHERE o.id IN ({ids_sql}) ORDER BY o.id", [MICRO, *ids_params])
         fetched = cursor.fetchall()
         ids = int_array([row[0] for row in fetched])
-        cursor.execute("SELECT string_agg(concat_ws(',', order_id, chip_id, cards), ',' ORDER BY order_id, chip_id)"
+        # unordered: numpy sorts the (order, chip) pairs faster than the aggregate would
+        cursor.execute("SELECT string_agg(concat_ws(',', order_id, chip_id, cards), ',')"
                        " FROM marketplace_orderchipoption WHERE order_id = ANY(%s::bigint[])", [ids])
         options = int_columns(cursor.fetchone()[0], 3)
+        options = options[np.lexsort((options[:, 1], options[:, 0]))]
         cursor.execute("SELECT ar.order_id, r.code FROM marketplace_order_allowed_regions ar"
                        " JOIN marketplace_region r ON r.id = ar.region_id WHERE ar.order_id = ANY(%s::bigint[])"
                        " ORDER BY ar.order_id, r.code", [ids])

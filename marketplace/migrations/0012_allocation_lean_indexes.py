@@ -1,7 +1,8 @@
 """Fewer index entries and foreign-key checks for each allocation a round writes.
 
-- ``allocation.round_id`` and ``hold.reference`` (billing 0011) are looked up by equality only:
-  plain indexes, without the ``varchar_pattern_ops`` twins ``db_index`` and ``unique`` add.
+- ``allocation.round_id`` is never looked up (a round's figures are on its own row): no index.
+- ``hold.reference`` (billing 0011) is looked up by equality only: a unique constraint, without
+  the ``varchar_pattern_ops`` twin index ``unique=True`` adds.
 - ``allocationpart.allocation_id`` is the first column of the unique (allocation, node) index.
 - An allocation part's listing and node are checked by one foreign key, ``(listing_id, node_id)``
   to ``marketplace_listing (id, node_id)``, instead of two: it also says the part's node is its
@@ -53,10 +54,6 @@ class Migration(migrations.Migration):
             model_name='allocationpart',
             name='node',
             field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='allocation_parts', to='marketplace.node'),
-        ),
-        migrations.AddIndex(
-            model_name='allocation',
-            index=models.Index(fields=['round_id'], name='allocation_round'),
         ),
         migrations.AddConstraint(
             model_name='listing',
