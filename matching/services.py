@@ -177,7 +177,7 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
         cards = result.cards.tolist()
         cost = {i: max_cost_card_hours(max_price_per_card_hour=orders[match_orders[i]][1], cards=cards[i],
                                        hours=hours[i]) for i in np.flatnonzero(trading).tolist()}
-        accepted, short = _accept(cells, usable, trading, cost, buyer, funds)
+        accepted, short = _accept(cells, trading, cost, buyer, funds)
         for i, extra in short.items():
             Order.objects.filter(pk=match_orders[i]).update(status_reason=_short_of_funds(extra))
 
@@ -287,14 +287,14 @@ class _Cells:
         return self.row_id[taken], need[taken]
 
 
-def _accept(cells: _Cells, usable: np.ndarray, trading: np.ndarray, cost: dict[int, Decimal], buyer: np.ndarray,
+def _accept(cells: _Cells, trading: np.ndarray, cost: dict[int, Decimal], buyer: np.ndarray,
             funds: dict[int, Decimal]) -> tuple[list[int], dict[int, dict]]:
     """The matches to commit, in result order, and those dropped for their buyer's funds (with
-    the amounts). ``usable``: order locked, listings and nodes active, calendar rows present;
-    ``trading``: also no barred pair. Taken one by one, a usable match needs its slots still free
-    after those accepted before it, then a trading one its hold covered by what is left of its
-    buyer's funds. When every trading match fits the slots and every buyer's funds at once (the
-    usual case: the snapshot is seconds old), that is the answer without the walk."""
+    the amounts). ``trading``: order locked, listings and nodes active, calendar rows present, no
+    barred pair. Taken one by one, a trading match needs its slots still free after those
+    accepted before it, then its hold covered by what is left of its buyer's funds. When every
+    trading match fits the slots and every buyer's funds at once (the usual case: the snapshot
+    is seconds old), that is the answer without the walk."""
     candidates = np.flatnonzero(trading)
     need: dict[int, Decimal] = defaultdict(Decimal)
     buyers = buyer.tolist()
@@ -306,10 +306,10 @@ def _accept(cells: _Cells, usable: np.ndarray, trading: np.ndarray, cost: dict[i
     left = dict(funds)
     accepted: list[int] = []
     short: dict[int, dict] = {}
-    for i in np.flatnonzero(usable).tolist():
+    for i in candidates.tolist():
         rows = slice(cells.ptr[i], cells.ptr[i + 1])
         taken, cards = cells.cell[rows], cells.cards[rows]
-        if np.any(free[taken] < cards) or not trading[i]:
+        if np.any(free[taken] < cards):
             continue
         if left[buyers[i]] < cost[i]:
             short[i] = {"needed": cost[i], "available": left[buyers[i]]}
