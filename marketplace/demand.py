@@ -234,7 +234,9 @@ def region_rule(*, policy: str, allowed_codes, home_region_id: int | None, by_id
                 lat: float | None, lon: float | None, radius_km: float | None) -> RegionRule:
     """A region policy as plain data for the pure rules; 'own province' is the province of the
     buyer organisation's home region."""
-    home = by_id.get(home_region_id) if home_region_id else None
+    # only the policy that reads it carries the home province, so that orders of one policy from
+    # buyers in different provinces share one rule (a round evaluates each distinct rule once)
+    home = by_id.get(home_region_id) if home_region_id and policy == RegionPolicy.OWN_PROVINCE else None
     own = region_info(home, by_id).province if home is not None else None
     return RegionRule(policy=policy, allowed=frozenset(allowed_codes), own_province=own,
                       center=(lat, lon) if lat is not None and lon is not None else None, radius_km=radius_km)
