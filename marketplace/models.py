@@ -268,7 +268,7 @@ class ListingHour(models.Model):
     ``cards_sold > 0``, kept exact by statement-level triggers (migration 0011): what quotes read.
     """
 
-    # db_index=False: the (listing, hour) index and the unique (node, hour) lead with these
+    # db_index=False: the unique (listing, hour) and (node, hour) lead with these
     listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="hours", db_index=False)
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+", db_index=False)
     hour = models.IntegerField(help_text="hours since 1970-01-01T00:00Z")
@@ -280,13 +280,15 @@ class ListingHour(models.Model):
         ordering = ["listing_id", "hour"]
         constraints = [
             models.UniqueConstraint(fields=["node", "hour"], name="listinghour_node_hour_unique"),
+            # a listing's rows are its node's, so this follows from the one above; stated, because
+            # the table of sold hours is keyed by it (migration 0011)
+            models.UniqueConstraint(fields=["listing", "hour"], name="listinghour_listing_hour_unique"),
             models.CheckConstraint(condition=Q(cards_sold__gte=0) & Q(cards_sold__lte=F("cards_offered")),
                                    name="listinghour_never_oversold"),
             models.CheckConstraint(condition=Q(cards_offered__lte=F("node_cards")), name="listinghour_within_node"),
         ]
         # No index reads ``cards_sold``, so a sale is a HOT update that touches no index. The sold
         # hours quotes need are in ``marketplace_listinghoursold``, kept by triggers (migration 0011).
-        indexes = [models.Index(fields=["listing", "hour"], name="listinghour_listing_hour")]
 
 
 class RegionPolicy(models.TextChoices):

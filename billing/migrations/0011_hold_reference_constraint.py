@@ -7,7 +7,6 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('billing', '0010_merge_20261130_0728'),
-        ('marketplace', '0012_allocation_lean_indexes'),
     ]
 
     operations = [

@@ -17,7 +17,12 @@ DELETE and TRUNCATE of the calendar, whoever writes it (services, rounds, the si
 set-based calendar, tests, a psql session): a derived index the database maintains, written once
 per statement for the rows it changed (one MERGE per update). Nothing in Python writes it. A row's
 listing and hour are fixed (a trigger refuses to change them), which is what lets the update
-trigger read the new rows alone.
+trigger read the new rows alone, and (listing, hour) becomes unique (it was the same index, not
+unique), which the table's key needs. The functions pin the search_path they were created with.
+
+Triggers do not fire where ``session_replication_role = replica`` (a logical-replication
+subscriber, ``pg_restore --disable-triggers``): after loading the calendar that way, rebuild the
+table (``TRUNCATE marketplace_listinghoursold`` and the INSERT ... SELECT at the end of ``CREATE``).
 
 The single-column indexes Django gave the calendar's two foreign keys go too: the composite
 indexes (listing, hour) and unique (node, hour) lead with the same columns.
@@ -35,7 +40,8 @@ CREATE TABLE {TABLE} (
 );
 CREATE INDEX listinghoursold_full ON {TABLE} (listing_id, hour) WHERE free = 0;
 
-CREATE FUNCTION marketplace_listinghoursold_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION marketplace_listinghoursold_insert() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO {TABLE} (listing_id, hour, free)
     SELECT n.listing_id, n.hour, n.cards_offered - n.cards_sold FROM new_rows n WHERE n.cards_sold > 0;
@@ -43,14 +49,20 @@ BEGIN
 END $$;
 
 -- One pass over the changed rows, none over the old ones: a row's listing and hour never change
--- (listinghour_key_fixed below refuses it), so the new rows alone say what to delete, update or insert.
-CREATE FUNCTION marketplace_listinghoursold_update() RETURNS trigger LANGUAGE plpgsql AS $$
+-- (listinghour_key_fixed below refuses it) and are unique, so the new rows alone say what to
+-- delete, update or insert. EXECUTE plans it for each call: a plan PL/pgSQL kept from the
+-- connection's first call (a round's 36,000 rows: hash join over the whole table) would be reused
+-- for a 10-row sale.
+CREATE FUNCTION marketplace_listinghoursold_update() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
+    EXECUTE $q$
     MERGE INTO {TABLE} s USING new_rows n ON s.listing_id = n.listing_id AND s.hour = n.hour
     WHEN MATCHED AND n.cards_sold = 0 THEN DELETE
     WHEN MATCHED AND s.free <> n.cards_offered - n.cards_sold THEN UPDATE SET free = n.cards_offered - n.cards_sold
     WHEN NOT MATCHED AND n.cards_sold > 0 THEN
-        INSERT (listing_id, hour, free) VALUES (n.listing_id, n.hour, n.cards_offered - n.cards_sold);
+        INSERT (listing_id, hour, free) VALUES (n.listing_id, n.hour, n.cards_offered - n.cards_sold)
+    $q$;
     RETURN NULL;
 END $$;
 
@@ -60,14 +72,18 @@ BEGIN
         DETAIL = 'listing-hour ' || OLD.id;
 END $$;
 
-CREATE FUNCTION marketplace_listinghoursold_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION marketplace_listinghoursold_delete() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
+    EXECUTE $q$
     DELETE FROM {TABLE} s USING old_rows o
-    WHERE s.listing_id = o.listing_id AND s.hour = o.hour AND o.cards_sold > 0;
+    WHERE s.listing_id = o.listing_id AND s.hour = o.hour AND o.cards_sold > 0
+    $q$;
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION marketplace_listinghoursold_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION marketplace_listinghoursold_truncate() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     TRUNCATE {TABLE};
     RETURN NULL;
@@ -76,7 +92,7 @@ END $$;
 CREATE TRIGGER listinghoursold_insert AFTER INSERT ON marketplace_listinghour
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION marketplace_listinghoursold_insert();
 CREATE TRIGGER listinghoursold_update AFTER UPDATE ON marketplace_listinghour
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION marketplace_listinghoursold_update();
 -- Fires only for an UPDATE that names listing_id or hour (the calendar's writes never do).
 CREATE TRIGGER listinghour_key_fixed BEFORE UPDATE OF listing_id, hour ON marketplace_listinghour
@@ -120,6 +136,11 @@ class Migration(migrations.Migration):
     dependencies = [("marketplace", "0010_merge_0008_0009")]
 
     operations = [
+        migrations.AddConstraint(
+            model_name="listinghour",
+            constraint=models.UniqueConstraint(fields=("listing", "hour"), name="listinghour_listing_hour_unique"),
+        ),
+        migrations.RemoveIndex(model_name="listinghour", name="listinghour_listing_hour"),
         migrations.RunPython(sold_table_create, sold_table_drop),
         migrations.RemoveIndex(model_name="listinghour", name="listinghour_sold"),
         migrations.RemoveIndex(model_name="listinghour", name="listinghour_full"),

@@ -66,3 +66,15 @@ def test_a_listing_hour_keeps_its_listing_and_hour():
     row.cards_sold = 4
     row.save()
     assert sold_table() == {(listing.pk, row.hour, 4)}
+
+
+def test_a_listing_has_one_calendar_row_per_hour():
+    # given a listing's calendar row for an hour
+    listing = make_listing(NodeFactory(card_count=8), hours=1)
+    row = ListingHour.objects.get(listing=listing)
+
+    # when another row for that listing and hour is written (even on another node), then it is refused:
+    # the table of sold hours is keyed by (listing, hour)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ListingHour.objects.create(listing=listing, node=NodeFactory(card_count=8), hour=row.hour, node_cards=8,
+                                   cards_offered=8, cards_sold=1)
