@@ -254,12 +254,12 @@ def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> No
     the no-overdraft CHECK is the backstop."""
     if not holds:
         return
+    # Everything computed before the first query: a caller in pipeline mode (a round) has its
+    # writes still running meanwhile.
     per_buyer: dict[int, Decimal] = defaultdict(Decimal)
     for hold in holds:
         per_buyer[hold.organisation_id] += exact(hold.amount)
     buyers = sorted(per_buyer)
-    accounts = {(o, k): pk for pk, o, k in Account.objects.filter(
-        organisation_id__in=buyers, currency="CNY", kind__in=BUYER_KINDS).values_list("pk", "organisation_id", "kind")}
     now = timezone.now()
     # Array literals (``config.sql``): tens of thousands of holds adapted value by value would
     # cost more than the statements. Expiries repeat (one per end hour), so each is formatted once.
@@ -267,6 +267,11 @@ def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> No
     for hold in holds:
         if hold.expires_at not in expiry:
             expiry[hold.expires_at] = hold.expires_at.isoformat()
+    hold_columns = [int_array([h.organisation_id for h in holds]), int_array([h.allocation_id for h in holds]),
+                    decimal_array([exact(h.amount) for h in holds]),
+                    "{" + ",".join(f'"{expiry[h.expires_at]}"' for h in holds) + "}"]
+    accounts = {(o, k): pk for pk, o, k in Account.objects.filter(
+        organisation_id__in=buyers, currency="CNY", kind__in=BUYER_KINDS).values_list("pk", "organisation_id", "kind")}
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO billing_transfer (idempotency_id, kind, currency, memo, created_at)"
@@ -288,9 +293,7 @@ def match_holds_place(*, holds: Sequence[MatchHold], batch_reference: str) -> No
             "INSERT INTO billing_hold (organisation_id, reference, allocation_id, amount, posted_amount, status,"
             " expires_at, created_at, updated_at) SELECT t.o, 'allocation:' || t.a, t.a, t.m, 0, 'pending', t.e, %s,"
             " %s FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::timestamptz[]) AS t(o, a, m, e)",
-            [now, now, int_array([h.organisation_id for h in holds]), int_array([h.allocation_id for h in holds]),
-             decimal_array([exact(h.amount) for h in holds]),
-             "{" + ",".join(f'"{expiry[h.expires_at]}"' for h in holds) + "}"])
+            [now, now, *hold_columns])
 
 
 def charge_accounts(*, buyer_id: int, supplier_id: int) -> dict[str, tuple[int | None, str]]:

@@ -188,47 +188,49 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
                                                    dtype=np.int64))
         flagged = np.array([i in flags for i in accepted], dtype=np.bool_)
         now = timezone.now()
+        # Ids drawn first, so the writes below need no answer from each other: they go out as one
+        # pipeline, and PostgreSQL works through them while Python prepares the holds.
+        allocation = np.full(matches, -1, dtype=np.int64)
         with connection.cursor() as cursor:
+            cursor.execute("SELECT string_agg(nextval(s)::text, ',') FROM generate_series(1, %s),"
+                           " pg_get_serial_sequence('marketplace_allocation', 'id') AS s", [len(accepted)])
+            allocation[idx] = int_columns(cursor.fetchone()[0], 1)[:, 0]
+        part_of_accepted = np.flatnonzero(allocation[cells.match_of_part] >= 0)
+        confirmed = [match_orders[i] for i in accepted if i not in flags]
+        with connection.connection.pipeline(), connection.cursor() as cursor:
             cursor.execute(
-                "INSERT INTO marketplace_allocation (order_id, supplier_id, kind, status, start_hour, end_hour, cards,"
-                " price_per_card_hour, price_rule, round_id, created_at, updated_at)"
-                " SELECT t.order_id, t.supplier_id, 'card_hours',"
+                "INSERT INTO marketplace_allocation (id, order_id, supplier_id, kind, status, start_hour, end_hour,"
+                " cards, price_per_card_hour, price_rule, round_id, created_at, updated_at)"
+                " SELECT t.id, t.order_id, t.supplier_id, 'card_hours',"
                 " CASE WHEN t.flagged THEN 'pending_review' ELSE 'confirmed' END, t.start_hour, t.end_hour, t.cards,"
-                " t.price * 0.000001, %s, %s, %s, %s FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::int[],"
-                " %s::int[], %s::int[], %s::bigint[]) AS t(order_id, supplier_id, flagged, start_hour, end_hour, cards,"
-                " price) RETURNING id, order_id",
-                [result.price_rule, round_id, now, now, int_array(result.order_id[idx]),
+                " t.price * 0.000001, %s, %s, %s, %s FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[],"
+                " %s::boolean[], %s::int[], %s::int[], %s::int[], %s::bigint[]) AS t(id, order_id, supplier_id,"
+                " flagged, start_hour, end_hour, cards, price)",
+                [result.price_rule, round_id, now, now, int_array(allocation[idx]), int_array(result.order_id[idx]),
                  int_array(supplier[first_part]), bool_array(flagged), int_array(result.start_hour[idx]),
                  int_array(result.end_hour[idx]), int_array(result.cards[idx]), int_array(result.price[idx])])
-            # an order has at most one allocation per round, so the order id names its allocation
-            allocation_of = dict((order_id, pk) for pk, order_id in cursor.fetchall())
-            allocation = np.full(matches, -1, dtype=np.int64)
-            allocation[idx] = [allocation_of[match_orders[i]] for i in accepted]
-            part_of_accepted = np.flatnonzero(allocation[cells.match_of_part] >= 0)
             cursor.execute(
                 "INSERT INTO marketplace_allocationpart (allocation_id, listing_id, node_id, cards)"
                 " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::int[])",
                 [int_array(allocation[cells.match_of_part[part_of_accepted]]),
                  int_array(result.part_listing_id[part_of_accepted]), int_array(node[part_of_accepted]),
                  int_array(result.part_cards[part_of_accepted])])
-        end_hours = result.end_hour.tolist()
-        expiry = {h: allocation_hold_expiry(end_hour=h) for h in set(end_hours[i] for i in accepted)}
-        match_holds_place(holds=[
-            MatchHold(organisation_id=int(buyer[i]), allocation_id=int(allocation[i]), amount=cost[i],
-                      expires_at=expiry[end_hours[i]]) for i in accepted], batch_reference=f"round:{round_id}")
-        reviews = [MatchReview(allocation_id=int(allocation[i]), reasons=flags[i]) for i in accepted if i in flags]
-        MatchReview.objects.bulk_create(reviews, batch_size=5000)
-        sold = cells.sold(accepted)
-        with connection.cursor() as cursor:
+            sold = cells.sold(accepted)
             if sold[0].size:
                 cursor.execute(
                     "UPDATE marketplace_listinghour lh SET cards_sold = lh.cards_sold + t.n"
                     " FROM unnest(%s::bigint[], %s::int[]) AS t(id, n) WHERE lh.id = t.id",
                     [int_array(sold[0]), int_array(sold[1])])
-            confirmed = [match_orders[i] for i in accepted if i not in flags]
             if confirmed:
                 cursor.execute("UPDATE marketplace_order o SET status = 'matched', status_reason = '', updated_at = %s"
                                " FROM unnest(%s::bigint[]) AS t(id) WHERE o.id = t.id", [now, int_array(confirmed)])
+            end_hours = result.end_hour.tolist()
+            expiry = {h: allocation_hold_expiry(end_hour=h) for h in set(end_hours[i] for i in accepted)}
+            match_holds_place(holds=[
+                MatchHold(organisation_id=int(buyer[i]), allocation_id=int(allocation[i]), amount=cost[i],
+                          expires_at=expiry[end_hours[i]]) for i in accepted], batch_reference=f"round:{round_id}")
+        reviews = [MatchReview(allocation_id=int(allocation[i]), reasons=flags[i]) for i in accepted if i in flags]
+        MatchReview.objects.bulk_create(reviews, batch_size=5000)
         if pause_before_commit:
             time.sleep(pause_before_commit)
         welfare = sum(result.surplus[idx].tolist())
