@@ -2,9 +2,11 @@
 from decimal import Decimal
 
 import pytest
+from django.db import IntegrityError
 
 from marketplace import services as market
-from marketplace.models import Allocation, ChipType, ListingHour, Order, Region
+from billing.models import Hold
+from marketplace.models import Allocation, AllocationPart, ChipType, ListingHour, Order, Region
 from matching import services
 from matching.engine.engine import run_engine
 from matching.models import MatchRound
@@ -68,6 +70,33 @@ def test_persist_rechecks_a_stale_snapshot(buyer_client):
     outcome = services.round_persist(round_id="stale", bucket="*:*", result=result, price_rule="uniform_clipped")
     assert outcome.matches == 0 and outcome.skipped_stale == 1
     assert Order.objects.get(pk=order.pk).status == "open"
+    assert_calendar_consistent()
+
+
+@pytest.mark.django_db
+def test_a_write_refused_inside_the_pipelined_persist_rolls_the_whole_round_back(buyer_client):
+    # given a round's result whose price the database refuses (allocation_price_positive), so the
+    # allocation insert fails inside the pipelined writes, after which more writes were queued
+    make_listing(NodeFactory(), ask="9")
+    order = post_order(buyer_client)
+    snapshot = load_snapshot("*:*")
+    result = run_engine(snapshot.supply, snapshot.demand)
+    assert result.count == 1
+    result.price[:] = 0
+
+    # when it is persisted, then the refusal comes out as Django's IntegrityError ...
+    with pytest.raises(IntegrityError, match="allocation_price_positive"):
+        services.round_persist(round_id="refused", bucket="*:*", result=result, price_rule="uniform_clipped")
+
+    # ... and nothing of the round is left: no allocation, part, hold, sold slot or round, the order open
+    assert not Allocation.objects.exists() and not AllocationPart.objects.exists() and not Hold.objects.exists()
+    assert not ListingHour.objects.filter(cards_sold__gt=0).exists()
+    assert not MatchRound.objects.filter(round_id="refused").exists()
+    assert Order.objects.get(pk=order.pk).status == "open"
+    # and the connection still works: the same round, priced, commits
+    result.price[:] = result.bid
+    assert services.round_persist(round_id="refused", bucket="*:*", result=result,
+                                  price_rule="uniform_clipped").matches == 1
     assert_calendar_consistent()
 
 
