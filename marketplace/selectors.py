@@ -41,17 +41,11 @@ def trade_barred(*, buyer_id: int, supplier_id: int, related: frozenset[tuple[in
 
 def trades_barred(*, buyer_ids: np.ndarray, supplier_ids: np.ndarray,
                   related: frozenset[tuple[int, int]]) -> np.ndarray:
-    """``trade_barred`` for many pairs at once (a round checks tens of thousands)."""
+    """``trade_barred`` for many pairs at once (a round checks tens of thousands). Related pairs
+    are the few an admin marked among these buyers, so each is compared against every pair."""
     barred = buyer_ids == supplier_ids
-    if related and buyer_ids.size:
-        pairs = np.array(sorted(related), dtype=np.int64)
-        width = int(max(pairs.max(), buyer_ids.max(), supplier_ids.max())) + 1
-        known = (buyer_ids >= 0) & (supplier_ids >= 0)  # -1 marks a missing side; never a pair
-        if width < 3_000_000_000:  # each pair as one int64, width * width below 2**63
-            barred |= known & np.isin(buyer_ids * width + supplier_ids, pairs[:, 0] * width + pairs[:, 1])
-        else:
-            barred |= known & np.fromiter(((b, s) in related for b, s in zip(buyer_ids.tolist(), supplier_ids.tolist())),
-                                          dtype=np.bool_, count=buyer_ids.size)
+    for buyer_id, supplier_id in related:
+        barred |= (buyer_ids == buyer_id) & (supplier_ids == supplier_id)
     return barred
 
 
