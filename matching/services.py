@@ -178,8 +178,6 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
         cost = {i: max_cost_card_hours(max_price_per_card_hour=orders[match_orders[i]][1], cards=cards[i],
                                        hours=hours[i]) for i in np.flatnonzero(trading).tolist()}
         accepted, short = _accept(cells, trading, cost, buyer, funds)
-        for i, extra in short.items():
-            Order.objects.filter(pk=match_orders[i]).update(status_reason=_short_of_funds(extra))
 
         idx = np.array(accepted, dtype=np.int64)
         first_part = result.part_ptr[idx]
@@ -224,6 +222,11 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
             if confirmed:
                 cursor.execute("UPDATE marketplace_order o SET status = 'matched', status_reason = '', updated_at = %s"
                                " FROM unnest(%s::bigint[]) AS t(id) WHERE o.id = t.id", [now, int_array(confirmed)])
+            if short:  # why these orders stay open: their buyers' funds ran out
+                cursor.execute("UPDATE marketplace_order o SET status_reason = t.reason"
+                               " FROM unnest(%s::bigint[], %s::text[]) AS t(id, reason) WHERE o.id = t.id",
+                               [int_array(match_orders[i] for i in short),
+                                [_short_of_funds(extra) for extra in short.values()]])
             end_hours = result.end_hour.tolist()
             expiry = {h: allocation_hold_expiry(end_hour=h) for h in set(end_hours[i] for i in accepted)}
             match_holds_place(holds=[
