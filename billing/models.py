@@ -76,7 +76,9 @@ class Hold(models.Model):
         POSTED = "posted"
         VOIDED = "voided"
 
-    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds")
+    # Checked by triggers, once per statement, for what it means (migration 0012): an existing
+    # organisation, locked like a key, and for an allocation's hold its buyer.
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds", db_constraint=False)
     # unique by a constraint (below), not unique=True: it is looked up by equality only, and
     # unique=True adds a pattern-matching twin index every hold insert would also write
     reference = models.CharField(max_length=200, help_text="e.g. allocation:123")

@@ -433,7 +433,10 @@ class Allocation(models.Model):
     SUPPLIER_SEES_WORKLOAD = (Status.CONFIRMED, Status.RUNNING, Status.COMPLETED, Status.INTERRUPTED)
 
     order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="allocations")
-    supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="supplied_allocations")
+    # Checked by triggers, once per statement, for what it means (migration 0013): the supplier of
+    # every listing sold, existing and locked like a key.
+    supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="supplied_allocations",
+                                 db_constraint=False)
     kind = models.CharField(max_length=12, choices=Order.Kind.choices, default=Order.Kind.CARD_HOURS)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIRMED)
     start_hour = models.IntegerField()
