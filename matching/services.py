@@ -128,6 +128,9 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
         listing_ids = np.unique(result.part_listing_id)
         cells = _Cells(result)
         with connection.cursor() as cursor:
+            # The round sorts and hashes tens of thousands of listing-hours (the lock below, the
+            # calendar update): with the default 4 MB both spill to temporary files.
+            cursor.execute("SET LOCAL work_mem = '64MB'")
             cursor.execute("SELECT id, node_id, organisation_id, status FROM marketplace_listing"
                            " WHERE id = ANY(%s::bigint[])", [int_array(listing_ids)])
             listing_rows = {row[0]: row for row in cursor.fetchall()}

@@ -17,7 +17,10 @@ def _index(keys: np.ndarray, n: int) -> np.ndarray:
 
 
 def _i64(array: np.ndarray) -> np.ndarray:
-    return array.astype(np.int64, copy=False)
+    """int64 and C-contiguous: the kernels are compiled for contiguous arrays (``engine_warm``
+    loads exactly those), and a strided view (``np.nonzero`` of a 2-D array) would make numba
+    compile another specialisation, seconds, inside a round."""
+    return np.ascontiguousarray(array, dtype=np.int64)
 
 
 def run_engine(supply: SupplyBook, demand: DemandBook, params: EngineParams | None = None, *,

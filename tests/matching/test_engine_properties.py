@@ -6,8 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.market import generate_market
 from bench.optimum import milp_optimum
-from matching.engine.engine import run_engine
+from matching.engine import kernel
+from matching.engine.engine import engine_warm, run_engine
 from matching.engine.pricing import PRICE_RULES
 from matching.engine.types import (ANY_INTERCONNECT, MICRO, SAME_FABRIC, SINGLE_NODE, DemandBook, EngineParams,
                                    SupplyBook)
@@ -192,3 +194,19 @@ def test_uniform_price_is_one_price_per_bucket_clipped_to_each_match():
                      price=np.zeros(3, np.int64), bucket=np.zeros(3, np.int64))
     # midpoints 12, 11.5, 19.5 -> median 12; the third match is clipped up to its ask, 19
     assert (uniform_clipped(r) // (MICRO // 10)).tolist() == [120, 120, 190]
+
+
+def test_a_real_book_runs_on_the_kernels_the_warm_up_loads():
+    # given the compiled kernels a worker loads when it starts, and a market with many region rules
+    engine_warm()
+    supply, demand, _ = generate_market(seed=3, n_orders=400, n_nodes=120)
+    assert demand.allowed.shape[0] > 1  # np.nonzero of this matrix gives strided views
+
+    # when the engine matches it
+    assert run_engine(supply, demand).count > 0
+
+    # then every kernel ran on contiguous arrays only: no strided ('A') specialisation was loaded
+    # or compiled, which a round would pay for in seconds
+    dispatchers = [getattr(kernel, name) for name in dir(kernel) if hasattr(getattr(kernel, name), "signatures")]
+    layouts = {getattr(arg, "layout", "C") for d in dispatchers for signature in d.signatures for arg in signature}
+    assert dispatchers and layouts == {"C"}
