@@ -11,6 +11,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -127,35 +128,40 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
 
         listing_ids = np.unique(result.part_listing_id)
         cells = _Cells(result)
-        with connection.cursor() as cursor:
+        # The reads and locks go out as one pipeline, in the global lock order (nodes FOR SHARE,
+        # orders, then listing-hours; ledger accounts after): PostgreSQL runs them back to back
+        # while Python reads each answer. So each names its rows by itself (nodes by a subquery).
+        with connection.connection.pipeline(), ExitStack() as stack:
+            settings_, listings, nodes, order_rows, hours = (stack.enter_context(connection.cursor())
+                                                             for _ in range(5))
             # The round sorts and hashes tens of thousands of listing-hours (the lock below, the
             # calendar update): with the default 4 MB both spill to temporary files.
-            cursor.execute("SET LOCAL work_mem = '64MB'")
-            cursor.execute("SELECT id, node_id, organisation_id, status FROM marketplace_listing"
-                           " WHERE id = ANY(%s::bigint[])", [int_array(listing_ids)])
-            listing_rows = {row[0]: row for row in cursor.fetchall()}
-            node_ids = sorted({row[1] for row in listing_rows.values()})
-            cursor.execute("SELECT id, status, region_id FROM marketplace_node WHERE id = ANY(%s::bigint[])"
-                           " ORDER BY id FOR SHARE", [int_array(node_ids)])
-            node_rows = {r[0]: r for r in cursor.fetchall()}
+            settings_.execute("SET LOCAL work_mem = '64MB'")
+            listings.execute("SELECT id, node_id, organisation_id, status FROM marketplace_listing"
+                             " WHERE id = ANY(%s::bigint[])", [int_array(listing_ids)])
+            nodes.execute("SELECT id, status, region_id FROM marketplace_node WHERE id IN (SELECT node_id FROM"
+                          " marketplace_listing WHERE id = ANY(%s::bigint[])) ORDER BY id FOR SHARE",
+                          [int_array(listing_ids)])
             # Joined to the id array rather than filtered by ``= ANY``: the plan stays a join
             # whatever the statistics say about a freshly loaded table.
-            cursor.execute(
+            order_rows.execute(
                 "SELECT o.id, o.organisation_id, o.max_price_per_card_hour FROM unnest(%s::bigint[]) AS t(id)"
                 " JOIN marketplace_order o ON o.id = t.id WHERE o.status = 'open' AND o.kind = 'card_hours'"
                 " AND NOT EXISTS (SELECT 1 FROM marketplace_allocation a WHERE a.order_id = o.id"
                 " AND a.status = ANY(%s)) ORDER BY o.id FOR UPDATE OF o SKIP LOCKED",
                 [int_array(result.order_id), list(Allocation.ACTIVE)])
-            orders = {pk: (organisation_id, limit) for pk, organisation_id, limit in cursor.fetchall()}
             # Listing-hours every match touches, locked in (listing_id, hour) order.
-            cursor.execute(
+            hours.execute(
                 "SELECT string_agg(concat_ws(',', s.id, s.listing_id, s.hour, s.free), ',') FROM ("
                 " SELECT lh.id, lh.listing_id, lh.hour, lh.cards_offered - lh.cards_sold AS free"
                 " FROM marketplace_listinghour lh JOIN unnest(%s::bigint[], %s::int[]) AS t(listing_id, hour)"
                 " ON lh.listing_id = t.listing_id AND lh.hour = t.hour"
                 " ORDER BY lh.listing_id, lh.hour FOR UPDATE OF lh) AS s",
                 [int_array(cells.listing), int_array(cells.hour)])
-            cells.found(int_columns(cursor.fetchone()[0], 4))
+            listing_rows = {row[0]: row for row in listings.fetchall()}
+            node_rows = {r[0]: r for r in nodes.fetchall()}
+            orders = {pk: (organisation_id, limit) for pk, organisation_id, limit in order_rows.fetchall()}
+            cells.found(int_columns(hours.fetchone()[0], 4))
         # Every match holds its buyer's maximum cost; ledger accounts are locked last.
         buyer_ids = {organisation_id for organisation_id, _ in orders.values()}
         funds = buyer_funds_lock(organisation_ids=buyer_ids)
