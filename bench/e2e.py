@@ -4,7 +4,7 @@ Uses its own database, ``sanduisan_bench`` or the one named by ``BENCH_E2E_DATAB
 migrated if missing, emptied each run), on the PostgreSQL of ``BENCH_DATABASE_URL`` (default
 postgres://postgres@127.0.0.1:5432/).
 
-    .venv/bin/python -m bench.e2e [--orders 20000 --nodes 4000]   # run twice: the first compiles
+    .venv/bin/python -m bench.e2e [--orders 20000 --nodes 4000 --repeat 3]
 
 The last line is one JSON object of its figures.
 """
@@ -116,25 +116,39 @@ def _load(supply, demand, meta, h0: int) -> None:
         through.objects.bulk_create(allowed, batch_size=10000)
 
 
-def run_e2e(*, n_orders: int, n_nodes: int) -> dict:
+def run_e2e(*, n_orders: int, n_nodes: int, repeat: int = 3) -> dict:
+    """``repeat`` rounds, each over the same market freshly written, and the median: a 2-core
+    machine shared with others varies by a quarter from one run to the next, so one round says
+    little. Prints each round's line, then the runs; the figures returned are the median round's,
+    with every round's time beside them."""
+    setup_django(os.environ.get("BENCH_E2E_DATABASE", BENCH_DB))
+    from bench.market import generate_market
+
+    market = generate_market(seed=21, n_orders=n_orders, n_nodes=n_nodes)
+    runs = [_e2e_once(market, n_orders=n_orders, n_nodes=n_nodes) for _ in range(max(1, repeat))]
+    times = [run["e2e_round_s"] for run in runs]
+    median = sorted(runs, key=lambda run: run["e2e_round_s"])[(len(runs) - 1) // 2]
+    print(f"end-to-end rounds: {', '.join(f'{t:.2f}' for t in times)} s; median {median['e2e_round_s']:.2f} s")
+    return {**median, "e2e_round_runs_s": times, "e2e_round_min_s": min(times), "e2e_round_max_s": max(times)}
+
+
+def _e2e_once(market, *, n_orders: int, n_nodes: int) -> dict:
     """One round over a freshly written market. Not timed: writing the market, then VACUUM ANALYZE
     (a live database's tables have statistics and are vacuumed by autovacuum; tables written a
     second ago have no statistics, so the planner would be timed guessing, and autovacuum would
     start on them during the round) and loading the engine's compiled kernels (a worker does that
     once when it starts, ``matching.tasks``; the time is reported as ``e2e_kernels_s``)."""
-    setup_django(os.environ.get("BENCH_E2E_DATABASE", BENCH_DB))
     from django.db import connection
     from django.db.models import F, Sum
     from django.utils import timezone
 
-    from bench.market import generate_market
     from marketplace.hours import current_hour_index
     from marketplace.models import Allocation, ListingHour
     from matching.engine.engine import engine_warm
     from matching.models import MatchRound
     from matching.services import round_run
 
-    supply, demand, meta = generate_market(seed=21, n_orders=n_orders, n_nodes=n_nodes)
+    supply, demand, meta = market
     h0 = current_hour_index(timezone.now()) + 1
     t0 = time.perf_counter()
     _load(supply, demand, meta, h0)
@@ -196,5 +210,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="One end-to-end matching round on PostgreSQL.")
     parser.add_argument("--orders", type=int, default=20_000)
     parser.add_argument("--nodes", type=int, default=4_000)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds to run, each on a freshly written market")
     args = parser.parse_args()
-    print(json.dumps(run_e2e(n_orders=args.orders, n_nodes=args.nodes)))
+    print(json.dumps(run_e2e(n_orders=args.orders, n_nodes=args.nodes, repeat=args.repeat)))
