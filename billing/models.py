@@ -76,8 +76,8 @@ class Hold(models.Model):
         POSTED = "posted"
         VOIDED = "voided"
 
-    # Checked by triggers, once per statement, for what it means (migration 0012): an existing
-    # organisation, locked like a key, and for an allocation's hold its buyer.
+    # Checked by triggers once per statement instead of a key per row (migration 0012): an
+    # existing organisation, locked like a key, never deleted or changed under the hold.
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds", db_constraint=False)
     # unique by a constraint (below), not unique=True: it is looked up by equality only, and
     # unique=True adds a pattern-matching twin index every hold insert would also write

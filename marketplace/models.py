@@ -433,8 +433,8 @@ class Allocation(models.Model):
     SUPPLIER_SEES_WORKLOAD = (Status.CONFIRMED, Status.RUNNING, Status.COMPLETED, Status.INTERRUPTED)
 
     order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="allocations")
-    # Checked by triggers, once per statement, for what it means (migration 0013): the supplier of
-    # every listing sold, existing and locked like a key.
+    # Checked by triggers once per statement instead of a key per row (migration 0013): an
+    # existing organisation, locked like a key, never deleted or changed under the allocation.
     supplier = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="supplied_allocations",
                                  db_constraint=False)
     kind = models.CharField(max_length=12, choices=Order.Kind.choices, default=Order.Kind.CARD_HOURS)

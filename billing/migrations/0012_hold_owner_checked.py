@@ -6,7 +6,8 @@ guarantee with one statement each, as ``marketplace/0013`` does for an allocatio
 
 - after an INSERT, the organisations of the new holds exist and are locked ``FOR KEY SHARE``, in
   id order, until the transaction ends, so a concurrent delete waits and then fails;
-- an organisation with holds cannot be deleted;
+- an organisation with holds cannot be deleted (under READ COMMITTED only, for the reason
+  ``marketplace/0013`` gives);
 - a hold keeps its organisation and allocation (an organisation keeps its id: marketplace 0013).
 
 A TRUNCATE of organisations always takes the holds with it (organisation <- order <- allocation
@@ -38,6 +39,15 @@ SET search_path FROM CURRENT AS $$
 DECLARE
     kept bigint;
 BEGIN
+    -- A foreign key looks for referencing rows with a snapshot newer than the transaction's; a
+    -- trigger cannot. Under READ COMMITTED each statement here takes a new snapshot (and a delete
+    -- waits for the key locks of inserts in flight), so it sees every committed row; under
+    -- REPEATABLE READ or SERIALIZABLE it would miss rows committed after the transaction began.
+    IF current_setting('transaction_isolation') <> 'read committed' AND EXISTS (SELECT 1 FROM old_rows) THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'organisations are deleted under READ COMMITTED only',
+            HINT = 'the check that nothing still names them must see every committed row';
+    END IF;
     EXECUTE $q$
     SELECT o.id FROM old_rows o WHERE EXISTS (SELECT 1 FROM billing_hold h WHERE h.organisation_id = o.id) LIMIT 1
     $q$ INTO kept;

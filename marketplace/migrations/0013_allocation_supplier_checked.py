@@ -8,12 +8,18 @@ the end-to-end bench's 2 s). Triggers now give the same guarantee with one state
 - after an INSERT, the suppliers of the new rows exist and are locked ``FOR KEY SHARE``, in id
   order, until the transaction ends (the lock a key check takes), so a concurrent delete waits
   and then fails; one that is missing, or was deleted meanwhile, refuses the INSERT;
-- an organisation that supplied an allocation cannot be deleted (after a DELETE, on its rows);
+- an organisation that supplied an allocation cannot be deleted (after a DELETE, on its rows).
+  The check must see allocations committed after the deleting transaction began, as a key check
+  does: under READ COMMITTED each statement of the trigger takes a new snapshot, and a delete
+  waits for the key locks of inserts in flight; REPEATABLE READ and SERIALIZABLE would keep the
+  transaction's first snapshot, so organisations are deleted under READ COMMITTED only (the
+  trigger refuses otherwise; the app never deletes them, and Django runs READ COMMITTED);
 - an allocation keeps its order and supplier, and an organisation its id, so no UPDATE can undo
   what the INSERT checked.
 
 Django keeps ``on_delete=PROTECT`` for the ORM (``db_constraint=False`` drops only the SQL key).
-A TRUNCATE of organisations always takes the allocations with it (the keys from orders to
+The checks are immediate, not deferred to commit: an allocation cannot name an organisation
+inserted later in the same transaction. A TRUNCATE of organisations always takes the allocations with it (the keys from orders to
 organisations and from allocations to orders require it). The queries over transition tables run
 through EXECUTE, planned for each call: 18,000 rows and one want different plans. Like every
 trigger, these do not fire under ``session_replication_role = replica``.
@@ -50,6 +56,15 @@ SET search_path FROM CURRENT AS $$
 DECLARE
     kept bigint;
 BEGIN
+    -- A foreign key looks for referencing rows with a snapshot newer than the transaction's; a
+    -- trigger cannot. Under READ COMMITTED each statement here takes a new snapshot (and a delete
+    -- waits for the key locks of inserts in flight), so it sees every committed row; under
+    -- REPEATABLE READ or SERIALIZABLE it would miss rows committed after the transaction began.
+    IF current_setting('transaction_isolation') <> 'read committed' AND EXISTS (SELECT 1 FROM old_rows) THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'organisations are deleted under READ COMMITTED only',
+            HINT = 'the check that nothing still names them must see every committed row';
+    END IF;
     EXECUTE $q$
     SELECT o.id FROM old_rows o WHERE EXISTS (SELECT 1 FROM marketplace_allocation a WHERE a.supplier_id = o.id)
     LIMIT 1

@@ -70,3 +70,23 @@ def test_a_delete_racing_a_new_allocation_waits_for_it_then_fails(supplier_clien
         writer.commit()
         with pytest.raises(psycopg.errors.ForeignKeyViolation, match="supplied allocations"):
             deleter.execute("DELETE FROM marketplace_organisation WHERE id = %s", [lonely.pk])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delete_whose_snapshot_could_miss_a_new_allocation_is_refused(supplier_client, buyer_client):
+    # given a REPEATABLE READ transaction that took its snapshot before an allocation of a new
+    # supplier committed (its snapshot will never see that allocation)
+    allocation = card_hour_allocation(supplier_client.organisation, buyer_client)
+    lonely = OrganisationFactory(funds=0, is_buyer=False)
+    dsn = connection.get_connection_params()
+    with psycopg.connect(**dsn) as deleter, psycopg.connect(**dsn, autocommit=True) as writer:
+        deleter.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        deleter.execute("SELECT 1")
+        insert_allocation(writer.cursor(), order_id=allocation.order_id, supplier_ids=[lonely.pk])
+        # when it deletes the supplier, then that is refused: no check on its snapshot would be sound
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="READ COMMITTED only"):
+            deleter.execute("DELETE FROM marketplace_organisation WHERE id = %s", [lonely.pk])
+        deleter.rollback()
+    # and the allocation still names an organisation that exists
+    assert Allocation.objects.filter(supplier_id=lonely.pk).exists()
+    assert OrganisationFactory._meta.model.objects.filter(pk=lonely.pk).exists()
