@@ -16,52 +16,16 @@ empties). Django keeps ``on_delete=PROTECT`` in the ORM.
 """
 from django.db import migrations, models
 
+# The trigger functions are marketplace 0013's, shared with an allocation's supplier.
 CREATE = """
-CREATE FUNCTION billing_hold_owner_check() RETURNS trigger LANGUAGE plpgsql
-SET search_path FROM CURRENT AS $$
-DECLARE
-    missing bigint;
-BEGIN
-    EXECUTE $q$
-    SELECT (SELECT count(DISTINCT n.organisation_id) FROM new_rows n) - (SELECT count(*) FROM (
-        SELECT 1 FROM marketplace_organisation g WHERE g.id IN (SELECT n.organisation_id FROM new_rows n)
-        ORDER BY g.id FOR KEY SHARE OF g) AS locked)
-    $q$ INTO missing;
-    IF missing > 0 THEN
-        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
-            MESSAGE = 'a hold''s organisation must be an existing organisation';
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION billing_organisation_holder_kept() RETURNS trigger LANGUAGE plpgsql
-SET search_path FROM CURRENT AS $$
-DECLARE
-    kept bigint;
-BEGIN
-    -- A foreign key looks for referencing rows with a snapshot newer than the transaction's; a
-    -- trigger cannot. Under READ COMMITTED each statement here takes a new snapshot (and a delete
-    -- waits for the key locks of inserts in flight), so it sees every committed row; under
-    -- REPEATABLE READ or SERIALIZABLE it would miss rows committed after the transaction began.
-    IF current_setting('transaction_isolation') <> 'read committed' AND EXISTS (SELECT 1 FROM old_rows) THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'organisations are deleted under READ COMMITTED only',
-            HINT = 'the check that nothing still names them must see every committed row';
-    END IF;
-    EXECUTE $q$
-    SELECT o.id FROM old_rows o WHERE EXISTS (SELECT 1 FROM billing_hold h WHERE h.organisation_id = o.id) LIMIT 1
-    $q$ INTO kept;
-    IF kept IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
-            MESSAGE = 'an organisation with holds cannot be deleted', DETAIL = 'organisation ' || kept;
-    END IF;
-    RETURN NULL;
-END $$;
-
 CREATE TRIGGER hold_owner_check AFTER INSERT ON billing_hold
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION billing_hold_owner_check();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION sanduisan_organisations_exist('organisation_id',
+                                                   'a hold''s organisation must be an existing organisation');
 CREATE TRIGGER organisation_holder_kept AFTER DELETE ON marketplace_organisation
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION billing_organisation_holder_kept();
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION sanduisan_organisations_kept('billing_hold', 'organisation_id',
+                                                  'an organisation with holds cannot be deleted');
 CREATE TRIGGER hold_owner_fixed BEFORE UPDATE OF organisation_id, allocation_id ON billing_hold
     FOR EACH ROW WHEN (OLD.organisation_id <> NEW.organisation_id
                        OR OLD.allocation_id IS DISTINCT FROM NEW.allocation_id)
@@ -72,8 +36,6 @@ DROP = """
 DROP TRIGGER hold_owner_check ON billing_hold;
 DROP TRIGGER organisation_holder_kept ON marketplace_organisation;
 DROP TRIGGER hold_owner_fixed ON billing_hold;
-DROP FUNCTION billing_hold_owner_check();
-DROP FUNCTION billing_organisation_holder_kept();
 """
 
 

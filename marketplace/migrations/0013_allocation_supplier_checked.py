@@ -17,7 +17,8 @@ the end-to-end bench's 2 s). Triggers now give the same guarantee with one state
 - an allocation keeps its order and supplier, and an organisation its id, so no UPDATE can undo
   what the INSERT checked.
 
-Django keeps ``on_delete=PROTECT`` for the ORM (``db_constraint=False`` drops only the SQL key).
+The two trigger functions take the column (and the referencing table) as arguments: billing
+0012 checks a hold's organisation with the same ones. Django keeps ``on_delete=PROTECT`` for the ORM (``db_constraint=False`` drops only the SQL key).
 The checks are immediate, not deferred to commit: an allocation cannot name an organisation
 inserted later in the same transaction. A TRUNCATE of organisations always takes the allocations with it (the keys from orders to
 organisations and from allocations to orders require it). The queries over transition tables run
@@ -32,26 +33,27 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = 'check_violation', MESSAGE = TG_ARGV[0], DETAIL = TG_TABLE_NAME || ' ' || OLD.id;
 END $$;
 
-CREATE FUNCTION marketplace_allocation_supplier_check() RETURNS trigger LANGUAGE plpgsql
+-- After an INSERT: the organisations the new rows name in column TG_ARGV[0] exist, locked FOR
+-- KEY SHARE in id order until the transaction ends (the lock a key check takes). One missing, or
+-- deleted meanwhile (READ COMMITTED skips it), leaves the count short: TG_ARGV[1] says what failed.
+CREATE FUNCTION sanduisan_organisations_exist() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 DECLARE
+    named text := 'n.' || quote_ident(TG_ARGV[0]);
     missing bigint;
 BEGIN
-    -- Lock the distinct suppliers in id order; one that is missing (or was deleted meanwhile:
-    -- READ COMMITTED skips it) leaves the count short.
-    EXECUTE $q$
-    SELECT (SELECT count(DISTINCT n.supplier_id) FROM new_rows n) - (SELECT count(*) FROM (
-        SELECT 1 FROM marketplace_organisation g WHERE g.id IN (SELECT n.supplier_id FROM new_rows n)
-        ORDER BY g.id FOR KEY SHARE OF g) AS locked)
-    $q$ INTO missing;
+    EXECUTE 'SELECT (SELECT count(DISTINCT ' || named || ') FROM new_rows n) - (SELECT count(*) FROM ('
+        ' SELECT 1 FROM marketplace_organisation g WHERE g.id IN (SELECT ' || named || ' FROM new_rows n)'
+        ' ORDER BY g.id FOR KEY SHARE OF g) AS locked)' INTO missing;
     IF missing > 0 THEN
-        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
-            MESSAGE = 'an allocation''s supplier must be an existing organisation';
+        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', MESSAGE = TG_ARGV[1];
     END IF;
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION marketplace_organisation_supplier_kept() RETURNS trigger LANGUAGE plpgsql
+-- After a DELETE of organisations: none is still named by column TG_ARGV[1] of table TG_ARGV[0]
+-- (TG_ARGV[2] says what failed).
+CREATE FUNCTION sanduisan_organisations_kept() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 DECLARE
     kept bigint;
@@ -65,21 +67,23 @@ BEGIN
             MESSAGE = 'organisations are deleted under READ COMMITTED only',
             HINT = 'the check that nothing still names them must see every committed row';
     END IF;
-    EXECUTE $q$
-    SELECT o.id FROM old_rows o WHERE EXISTS (SELECT 1 FROM marketplace_allocation a WHERE a.supplier_id = o.id)
-    LIMIT 1
-    $q$ INTO kept;
+    EXECUTE 'SELECT o.id FROM old_rows o WHERE EXISTS (SELECT 1 FROM ' || quote_ident(TG_ARGV[0])
+        || ' r WHERE r.' || quote_ident(TG_ARGV[1]) || ' = o.id) LIMIT 1' INTO kept;
     IF kept IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
-            MESSAGE = 'an organisation that supplied allocations cannot be deleted', DETAIL = 'organisation ' || kept;
+        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', MESSAGE = TG_ARGV[2],
+            DETAIL = 'organisation ' || kept;
     END IF;
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER allocation_supplier_check AFTER INSERT ON marketplace_allocation
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION marketplace_allocation_supplier_check();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION sanduisan_organisations_exist('supplier_id',
+                                                   'an allocation''s supplier must be an existing organisation');
 CREATE TRIGGER organisation_supplier_kept AFTER DELETE ON marketplace_organisation
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION marketplace_organisation_supplier_kept();
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION sanduisan_organisations_kept('marketplace_allocation', 'supplier_id',
+                                                  'an organisation that supplied allocations cannot be deleted');
 
 -- Fire only for an UPDATE that names these columns, and raise only if one changes.
 CREATE TRIGGER allocation_owner_fixed BEFORE UPDATE OF order_id, supplier_id ON marketplace_allocation
@@ -95,8 +99,8 @@ DROP TRIGGER allocation_supplier_check ON marketplace_allocation;
 DROP TRIGGER organisation_supplier_kept ON marketplace_organisation;
 DROP TRIGGER allocation_owner_fixed ON marketplace_allocation;
 DROP TRIGGER organisation_id_fixed ON marketplace_organisation;
-DROP FUNCTION marketplace_allocation_supplier_check();
-DROP FUNCTION marketplace_organisation_supplier_kept();
+DROP FUNCTION sanduisan_organisations_exist();
+DROP FUNCTION sanduisan_organisations_kept();
 DROP FUNCTION sanduisan_column_fixed();
 """
 
