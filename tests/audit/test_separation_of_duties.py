@@ -55,7 +55,7 @@ def test_a_staff_user_without_permissions_moves_no_money_and_decides_nothing(sup
     charge = Charge.objects.get(kind="input_miss_tokens")
     ReviewPolicy.objects.create(value_threshold=Decimal("10"))
     make_listing(NodeFactory(), ask="9")
-    post_order(buyer_client)
+    post_order(buyer_client, start_in=2)  # decided before its deadline, whatever the minute
     matching.round_run(bucket="*:*")
     review = MatchReview.objects.get()
     node = Node.objects.filter(organisation=supplier_client.organisation).first()
@@ -188,7 +188,7 @@ def test_permission_changes_in_the_admin_site_are_audited():
 def test_admin_failure_and_review_decisions_are_audited(supplier_client, buyer_client):
     ReviewPolicy.objects.create(value_threshold=Decimal("10"))
     make_listing(NodeFactory(organisation=supplier_client.organisation), ask="9")
-    post_order(buyer_client)
+    post_order(buyer_client, start_in=2)  # decided before its deadline, whatever the minute
     matching.round_run(bucket="*:*")
     review = MatchReview.objects.get()
     reviewer = api_as(admin_user("rita", "matching.decide_review"))

@@ -274,7 +274,7 @@ def test_a_rejected_review_returns_the_hold(buyer_client, settings):
 
     ReviewPolicy.objects.create(value_threshold=Decimal("10"))  # every match is flagged
     make_listing(NodeFactory(), ask="9")
-    post_order(buyer_client)
+    post_order(buyer_client, start_in=2)  # decided before its deadline, whatever the minute
     matching.round_run(bucket="*:*")
     review = MatchReview.objects.get()
     assert Hold.objects.get(allocation=review.allocation).status == "pending"  # funds are held during review

@@ -47,7 +47,9 @@ def test_an_admin_reviews_flagged_matches_in_the_dashboard(live_server, browser,
     # given two matches the review policy flags, and a platform admin
     ReviewPolicy.objects.create(value_threshold=Decimal("10"))
     make_listing(NodeFactory(), ask="9")
-    orders = [post_order(buyer_client), post_order(buyer_client)]
+    # Matches starting two hours out: a review must be decided before its first hour, and a browser
+    # test started just before the hour would otherwise see the reject refused as too late.
+    orders = [post_order(buyer_client, start_in=2), post_order(buyer_client, start_in=2)]
     matching.round_run(bucket="*:*")
     approve, reject = (MatchReview.objects.get(allocation__order=order) for order in orders)
     admin_user("ops", "matching.decide_review", password="correct horse")
@@ -67,11 +69,13 @@ def test_an_admin_reviews_flagged_matches_in_the_dashboard(live_server, browser,
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     # when the admin approves one match and rejects the other with a reason
-    page.click(f"#review-{approve.pk} button[name=approve]")
-    page.wait_for_selector(f"text=Match review {approve.pk} approved.")
+    with page.expect_navigation():
+        page.click(f"#review-{approve.pk} button[name=approve]")
+    assert page.inner_text(".messages") == f"Match review {approve.pk} approved."
     page.fill(f"#review-{reject.pk} input[name=reason]", "supplier not vetted yet")
-    page.click(f"#review-{reject.pk} button[name=reject]")
-    page.wait_for_selector(f"text=Match review {reject.pk} rejected.")
+    with page.expect_navigation():
+        page.click(f"#review-{reject.pk} button[name=reject]")
+    assert page.inner_text(".messages") == f"Match review {reject.pk} rejected."
     page.screenshot(path=str(ARTIFACTS / "dashboard-after-review.png"), full_page=True)
 
     # then the database reflects both decisions, by this admin

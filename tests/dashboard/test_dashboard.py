@@ -27,7 +27,7 @@ def admin_client():
 def _two_flagged_matches(buyer_client):
     ReviewPolicy.objects.create(value_threshold=Decimal("10"))  # every match waits for an admin
     make_listing(NodeFactory(), ask="9")
-    first, second = post_order(buyer_client), post_order(buyer_client)
+    first, second = post_order(buyer_client, start_in=2), post_order(buyer_client, start_in=2)  # decided in time
     matching.round_run(bucket="*:*")
     return [MatchReview.objects.get(allocation__order=order) for order in (first, second)]
 

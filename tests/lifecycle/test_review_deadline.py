@@ -45,7 +45,7 @@ def _flagged(supplier_client, buyer_client, *, start_in: int = 1) -> MatchReview
 
 def test_the_supplier_sees_neither_workload_nor_buyer_until_the_match_is_confirmed(supplier_client, buyer_client,
                                                                                   admin_api):
-    review = _flagged(supplier_client, buyer_client)
+    review = _flagged(supplier_client, buyer_client, start_in=2)  # decided well before its deadline
     buyer = buyer_client.organisation
     # while the match waits for review, the supplier's views of it carry no workload and no buyer
     listed = supplier_client.get("/api/v1/allocations").json()["results"]

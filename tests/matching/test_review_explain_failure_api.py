@@ -36,7 +36,7 @@ def flagged(buyer_client):
     ReviewPolicy.objects.create(value_threshold=Decimal("100"))
     listing = make_listing(NodeFactory(), ask="9")
     alternative = make_listing(NodeFactory(), ask="9.5")
-    orders = [post_order(buyer_client), post_order(buyer_client)]
+    orders = [post_order(buyer_client, start_in=2), post_order(buyer_client, start_in=2)]  # decided in time
     outcome = services.round_run(bucket="*:*")
     assert outcome.flagged == 2
     return {"orders": orders, "listing": listing, "alternative": alternative,
