@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install migrate seed bench clean services browser
+.PHONY: run test test-near-the-hour install migrate seed bench clean services browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ browser:
 
 test: install browser
 	DJANGO_SETTINGS_MODULE=config.settings.test $(BIN)/python -m pytest
+
+# The same suite with every test starting two seconds before an hour boundary (libfaketime).
+test-near-the-hour:
+	bash scripts/test_near_the_hour.sh
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .hypothesis

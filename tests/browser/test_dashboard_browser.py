@@ -33,7 +33,10 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        # Chromium never runs under the suite's preloads (scripts/test_near_the_hour.sh fakes the
+        # clock with libfaketime, which hangs its page loads); the live server keeps the fake clock.
+        env = {name: value for name, value in os.environ.items() if name != "LD_PRELOAD"}
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS, env=env)
         yield chromium
         chromium.close()
         # While Playwright's loop runs, Django keeps the test's ORM connection in that loop's context,
