@@ -317,8 +317,10 @@ class _Bounds:
 
     def capacity_at(self, moment: datetime) -> int:
         """Tokens the endpoint could have served from the start of the allocation to ``moment``,
-        counted in started minutes (the minute in progress counts whole)."""
-        return self.per_minute * (int((moment - self.start).total_seconds()) // 60 + 1)
+        counted in started minutes (the minute in progress counts whole). A moment before the
+        start, which the live period accepts within the clock skew, counts as the first minute:
+        the skew the period allows must not turn an honest event into an implausible one."""
+        return self.per_minute * (max(int((moment - self.start).total_seconds()) // 60, 0) + 1)
 
 
 def usage_bounds(*, organisation_id: int, allocation_ids) -> dict[int, _Bounds]:

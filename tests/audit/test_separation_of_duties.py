@@ -55,7 +55,7 @@ def test_a_staff_user_without_permissions_moves_no_money_and_decides_nothing(sup
     charge = Charge.objects.get(kind="input_miss_tokens")
     ReviewPolicy.objects.create(value_threshold=Decimal("10"))
     make_listing(NodeFactory(), ask="9")
-    post_order(buyer_client, start_in=2)  # decided before its deadline, whatever the minute
+    post_order(buyer_client)
     matching.round_run(bucket="*:*")
     review = MatchReview.objects.get()
     node = Node.objects.filter(organisation=supplier_client.organisation).first()

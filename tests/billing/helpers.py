@@ -75,12 +75,14 @@ _OCCURRED_FOR: dict[int, object] = {}
 def occurred_for(allocation: Allocation):
     """A fixed moment inside the allocation's live period: ``OCCURRED`` (taken when the tests were
     imported), or, when the run has crossed into a later hour since then (earlier usage would
-    rightly be refused as ``out_of_period``), a minute before the first time it is asked for.
+    rightly be refused as ``out_of_period``), a minute before the first time it is asked for, but
+    never before the allocation's start (in an hour's first minute that would be the hour before).
     Remembered per allocation, so a redelivered event is the same event."""
     if allocation.pk not in _OCCURRED_FOR:
         moment = OCCURRED
         if moment < hour_start(allocation.start_hour):
-            moment = timezone.now().replace(microsecond=0) - timedelta(minutes=1)
+            moment = max(timezone.now().replace(microsecond=0) - timedelta(minutes=1),
+                         hour_start(allocation.start_hour))
         _OCCURRED_FOR[allocation.pk] = moment
     return _OCCURRED_FOR[allocation.pk]
 

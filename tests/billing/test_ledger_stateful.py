@@ -447,7 +447,7 @@ def run_machine(client_for, *, examples: int, steps: int) -> None:
             prices = self.prices[event.allocation_id]
             counts = (event.input_hit_tokens, event.input_miss_tokens, event.output_tokens)
             latest = max(bound["latest"] or event.occurred_at, event.occurred_at)
-            minutes = int((latest - bound["start"]).total_seconds()) // 60 + 1
+            minutes = max(int((latest - bound["start"]).total_seconds()) // 60, 0) + 1
             if bound["tokens"] + sum(counts) > bound["per_minute"] * minutes:
                 return "rejected", "implausible"
             amount = sum(exact(Decimal(n) * p / 1_000_000) for n, p in zip(counts, prices))

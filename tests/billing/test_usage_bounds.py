@@ -122,6 +122,21 @@ def test_usage_outside_the_live_period_is_refused(supplier_client, buyer_client)
     assert list(UsageEvent.objects.values_list("event_id", flat=True)) == ["late"]
 
 
+def test_an_event_in_the_clock_skew_before_the_start_counts_as_the_first_minute(supplier_client, buyer_client):
+    # given an endpoint serving 1,000 tokens a minute, and a supplier whose clock runs behind
+    allocation = token_allocation(supplier_client.organisation, buyer_client, tokens_per_minute=1000)
+    start = hour_start(allocation.start_hour)
+    # when it reports a first minute's tokens stamped 30 s before the allocation's start
+    early = supplier_client.post("/api/v1/usage-events", event(allocation, "early", out=1000,
+                                                                  at=start - timedelta(seconds=30)), format="json")
+    # then the live period's clock skew takes it, and the capacity check counts it in the first minute
+    assert early.status_code == 201, early.content
+    # but not more than that minute could serve
+    more = supplier_client.post("/api/v1/usage-events", event(allocation, "more", out=1,
+                                                                 at=start - timedelta(seconds=20)), format="json")
+    assert_error(more, 400, code="implausible")
+
+
 def test_more_than_the_endpoint_could_serve_is_implausible(supplier_client, buyer_client):
     allocation = token_allocation(supplier_client.organisation, buyer_client, tokens_per_minute=1000)
     # at most 61 minutes have started since the hour the allocation began: 61,000 tokens
