@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole suite (or the pytest arguments given) with every test starting beside a boundary of
-# the clock (two seconds before it or one second after, in turn; the next hour, every tenth test
-# midnight, every fiftieth a month's end), each later than the last: finds tests that fail only
+# the clock (two seconds before it or one second after, in turn; the next hour, for two tests in
+# ten midnight, for two in fifty a month's end), each later than the last: finds tests that fail only
 # when the wall clock crosses a boundary mid-test or has just crossed one.
 # Needs what `make test` needs, plus Debian's faketime (installed here if missing).
 # Usage: scripts/test_near_the_hour.sh [pytest args]
