@@ -132,8 +132,8 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
         # orders, then listing-hours; ledger accounts after): PostgreSQL runs them back to back
         # while Python reads each answer. So each names its rows by itself (nodes by a subquery).
         with connection.connection.pipeline(), ExitStack() as stack:
-            settings_, listings, nodes, order_rows, hours = (stack.enter_context(connection.cursor())
-                                                             for _ in range(5))
+            settings_, listings, nodes, order_rows, hour_rows = (stack.enter_context(connection.cursor())
+                                                                 for _ in range(5))
             # The round sorts and hashes tens of thousands of listing-hours (the lock below, the
             # calendar update): with the default 4 MB both spill to temporary files.
             settings_.execute("SET LOCAL work_mem = '64MB'")
@@ -151,7 +151,7 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
                 " AND a.status = ANY(%s)) ORDER BY o.id FOR UPDATE OF o SKIP LOCKED",
                 [int_array(result.order_id), list(Allocation.ACTIVE)])
             # Listing-hours every match touches, locked in (listing_id, hour) order.
-            hours.execute(
+            hour_rows.execute(
                 "SELECT string_agg(concat_ws(',', s.id, s.listing_id, s.hour, s.free), ',') FROM ("
                 " SELECT lh.id, lh.listing_id, lh.hour, lh.cards_offered - lh.cards_sold AS free"
                 " FROM marketplace_listinghour lh JOIN unnest(%s::bigint[], %s::int[]) AS t(listing_id, hour)"
@@ -161,7 +161,7 @@ def round_persist(*, round_id: str, bucket: str, result: EngineResult, price_rul
             listing_rows = {row[0]: row for row in listings.fetchall()}
             node_rows = {r[0]: r for r in nodes.fetchall()}
             orders = {pk: (organisation_id, limit) for pk, organisation_id, limit in order_rows.fetchall()}
-            cells.found(int_columns(hours.fetchone()[0], 4))
+            cells.found(int_columns(hour_rows.fetchone()[0], 4))
         # Every match holds its buyer's maximum cost; ledger accounts are locked last.
         buyer_ids = {organisation_id for organisation_id, _ in orders.values()}
         funds = buyer_funds_lock(organisation_ids=buyer_ids)

@@ -5,7 +5,7 @@ import psycopg
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from marketplace.models import Allocation
+from marketplace.models import Allocation, Organisation
 from tests.billing.helpers import card_hour_allocation
 from tests.factories import OrganisationFactory
 
@@ -89,4 +89,4 @@ def test_a_delete_whose_snapshot_could_miss_a_new_allocation_is_refused(supplier
         deleter.rollback()
     # and the allocation still names an organisation that exists
     assert Allocation.objects.filter(supplier_id=lonely.pk).exists()
-    assert OrganisationFactory._meta.model.objects.filter(pk=lonely.pk).exists()
+    assert Organisation.objects.filter(pk=lonely.pk).exists()
